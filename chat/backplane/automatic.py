@@ -1,0 +1,74 @@
+"""The "automatic" mode: python-socketio's own ``AsyncRedisManager``.
+
+This is the one-line option, the counterpart of SignalR's
+``AddStackExchangeRedis()``: the library publishes every emit to a Redis
+channel and runs a listener that replays other replicas' emits locally.  We
+keep its behaviour as shipped and only watch it:
+
+* every publish and every message received is counted;
+* the library swallows a failed publish (it logs and returns ``None``); we
+  turn that into :class:`BackplaneUnavailable` so the sender's ack can say
+  the message reached only this replica;
+* each (re)connection it makes is counted and logged;
+* readiness is read from its subscription connection and a PING.
+
+What it does not let us change is the listener's reconnect schedule: after a
+Redis failure it sleeps 1, 2, 4 ... up to 60 seconds between attempts, so
+after a long outage cross-replica delivery can lag Redis's return by up to a
+minute.  The manual mode (``manual.py``) exists partly to fix that.
+"""
+
+from __future__ import annotations
+
+import socketio
+
+from .base import BackplaneUnavailable, Observed, ping, redis_options
+
+
+class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
+    mode = "socketio"
+
+    def __init__(self, url, *, channel, metrics, logger=None):
+        super().__init__(url, channel=channel, logger=logger,
+                         redis_options=redis_options(), metrics=metrics)
+        self._connections = 0
+
+    def _redis_connect(self):
+        super()._redis_connect()
+        self._connections += 1
+        if self._connections > 1:
+            self.metrics.reconnects.inc()
+            self._get_logger().info("backplane: reconnected to Redis (socketio mode)")
+
+    async def _publish(self, data):
+        result = await super()._publish(data)
+        if result is None:  # the library gave up after its retry
+            self.metrics.publish_failures.inc()
+            raise BackplaneUnavailable("Redis is unreachable")
+        self.metrics.published.inc()
+        return result
+
+    async def _listen(self):
+        async for message in super()._listen():
+            self.metrics.received.inc()
+            yield message
+
+    async def _handle_emit(self, message):
+        self._count_local(message.get("event"), message.get("namespace"),
+                          message.get("room"), message.get("skip_sid"))
+        await super()._handle_emit(message)
+
+    async def ready(self):
+        conn = self.pubsub.connection if self.pubsub is not None else None
+        if conn is None or not conn.is_connected or not self.pubsub.subscribed:
+            return False, "not subscribed to the Redis channel"
+        if not await ping(self.redis):
+            return False, "Redis does not answer PING"
+        return True, "subscribed"
+
+    async def close(self):
+        await super().close()
+        if self.pubsub is not None:
+            await self.pubsub.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()

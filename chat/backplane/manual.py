@@ -1,0 +1,175 @@
+"""The "manual" mode: Redis PUBLISH/SUBSCRIBE written out by hand.
+
+python-socketio splits a multi-server manager in two layers.  The base class
+``socketio.AsyncPubSubManager`` turns every operation that may concern a
+client on another replica into a message (a dict with a ``method`` and the
+sender's ``host_id``) and replays other hosts' messages locally.  A transport
+subclass supplies only two hooks: ``_publish(message)`` and ``_listen()``.
+This class is such a transport, written here so a reader can see every step
+that the automatic mode (``automatic.py``, the library's own
+``AsyncRedisManager``) does out of sight, and so that we decide how fast it
+recovers.
+
+One chat message through three replicas::
+
+    client A --ws--> replica 1  ChatNamespace.on_message
+        sio.emit("message", msg, room="general")
+        AsyncPubSubManager.emit
+          1. _handle_emit(message)     # handle in this host: replica 1's own
+                                       # sockets in "general" get it now
+          2. _publish(message)         # PUBLISH chat:messages <json>  (here)
+    Redis sends the payload to every subscriber of chat:messages, replica 1
+    included.
+    replicas 1, 2, 3  _listen()        # SUBSCRIBE loop yields it      (here)
+        AsyncPubSubManager._thread     # json-decodes; replica 1 drops it
+                                       # (its own host_id); 2 and 3 go on
+          _handle_emit(message)        # their sockets in "general" get it
+
+The same path carries the other methods the base class routes: an emit to one
+sid or with ``skip_sid``; ``callback`` (the answer to an ack requested by a
+replica that does not hold the sid, addressed back to that replica's
+host_id); ``enter_room``, ``leave_room`` and ``disconnect`` for a sid held by
+another replica, acted on only by the replica that holds it.
+
+Failure handling, which is what this file adds over the library:
+
+* ``_publish`` tries twice, then raises ``BackplaneUnavailable``; the sender's
+  ack says the message reached only this replica.  Local delivery has
+  already happened, so users on this replica keep chatting through an outage.
+* ``_listen`` owns its reconnect loop: when the subscription breaks it retries
+  after 50 ms, doubling up to 500 ms, so it is subscribed again within about
+  half a second of Redis coming back (the library waits up to 60 s).  Losing
+  and regaining the subscription are logged once each, and counted.
+* A subscription that goes silent is probed with PING; no answer within
+  ``DEAD_AFTER`` seconds counts as a lost connection, so a half-open TCP
+  connection cannot leave the replica deaf forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+import socketio
+from redis.exceptions import RedisError
+
+from .base import BackplaneUnavailable, Observed, ping, redis_options
+
+RETRY_FIRST = 0.05  # seconds before the first resubscribe attempt
+RETRY_MAX = 0.5  # cap of the doubling backoff
+IDLE_PING = 5.0  # PING the subscription after this long without traffic
+DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
+
+
+class ManualRedisManager(Observed, socketio.AsyncPubSubManager):
+    name = "chat-pubsub"
+    mode = "pubsub"
+
+    def __init__(self, url, *, channel, metrics, logger=None):
+        super().__init__(channel=channel, logger=logger, metrics=metrics)
+        # One client, two uses: its pool serves PUBLISH and PING, and it
+        # creates the dedicated connection of each subscription.
+        self.redis = aioredis.Redis.from_url(url, **redis_options())
+        self.subscribed = False
+        self._publish_failing = False
+
+    # -- transport hook 1: send ------------------------------------------
+    async def _publish(self, message):
+        payload = self.json.dumps(message)
+        error = None
+        for _attempt in range(2):
+            try:
+                await self.redis.publish(self.channel, payload)
+            except (OSError, RedisError) as exc:
+                error = exc
+                continue
+            self.metrics.published.inc()
+            if self._publish_failing:
+                self._publish_failing = False
+                self._get_logger().info("backplane: PUBLISH works again")
+            return
+        self.metrics.publish_failures.inc()
+        if not self._publish_failing:
+            self._publish_failing = True
+            self._get_logger().warning("backplane: PUBLISH failed: %s", error)
+        raise BackplaneUnavailable(f"Redis is unreachable ({error})")
+
+    # -- transport hook 2: receive ---------------------------------------
+    async def _listen(self):
+        delay = RETRY_FIRST
+        lost_at = None
+        attempts = 0
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.subscribed = True
+                if lost_at is None:
+                    self._get_logger().info(
+                        "backplane: subscribed to %s", self.channel)
+                else:
+                    self.metrics.reconnects.inc()
+                    self._get_logger().info(
+                        "backplane: subscribed again to %s after %.1f s (%d attempts)",
+                        self.channel, time.monotonic() - lost_at, attempts)
+                lost_at, attempts, delay = None, 0, RETRY_FIRST
+                async for data in self._messages(pubsub):
+                    yield data
+            except (OSError, RedisError) as exc:
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    self._get_logger().warning(
+                        "backplane: subscription lost (%s); retrying every %.2f-%.1f s",
+                        exc or type(exc).__name__, RETRY_FIRST, RETRY_MAX)
+                self.subscribed = False
+                attempts += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+            finally:
+                self.subscribed = False
+                await _close_quietly(pubsub)
+
+    async def _messages(self, pubsub):
+        """Yield the payloads published on the channel, probing a silent link."""
+        heard = time.monotonic()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                heard, pinged = now, False
+                if message["type"] == "message":
+                    self.metrics.received.inc()
+                    yield message["data"]
+                continue
+            silent = now - heard
+            if silent > DEAD_AFTER:
+                raise ConnectionError(f"no answer from Redis for {silent:.0f} s")
+            if silent > IDLE_PING and not pinged:
+                await pubsub.ping()
+                pinged = True
+
+    # -- what the rest of the app asks -----------------------------------
+    async def _handle_emit(self, message):
+        self._count_local(message.get("event"), message.get("namespace"),
+                          message.get("room"), message.get("skip_sid"))
+        await super()._handle_emit(message)
+
+    async def ready(self):
+        if not self.subscribed:
+            return False, "not subscribed to the Redis channel"
+        if not await ping(self.redis):
+            return False, "Redis does not answer PING"
+        return True, "subscribed"
+
+    async def close(self):
+        await super().close()
+        await self.redis.aclose()
+
+
+async def _close_quietly(pubsub) -> None:
+    try:
+        await pubsub.aclose()
+    except (OSError, RedisError):
+        pass

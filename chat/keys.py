@@ -1,0 +1,20 @@
+"""Typed keys for what the application factory stores on the aiohttp app."""
+
+from __future__ import annotations
+
+import logging
+
+import socketio
+from aiohttp import web
+
+from .backplane import Observed
+from .events import ChatNamespace
+from .metrics import Metrics
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+MANAGER = web.AppKey("manager", Observed)
+SIO = web.AppKey("sio", socketio.AsyncServer)
+NAMESPACE = web.AppKey("namespace", ChatNamespace)
+LOGGER = web.AppKey("logger", logging.Logger)

@@ -1,0 +1,124 @@
+"""The chat protocol's rules, as pure functions.
+
+Everything a client sends passes through here before the event handlers act
+on it, so the rules (what a name, a room and a message may be) live in one
+place and can be tested without a server.  Each check either returns the
+cleaned value or raises :class:`ProtocolError` with a sentence a client can
+show to its user.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+DEFAULT_ROOM = "general"
+MAX_NAME_LENGTH = 32
+MAX_ROOM_LENGTH = 32
+
+
+class ProtocolError(ValueError):
+    """A client sent something the protocol does not allow."""
+
+
+def clean_name(value) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("a name is required (auth.name, a string)")
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        raise ProtocolError(f"name must be 1 to {MAX_NAME_LENGTH} characters")
+    if not name.isprintable():
+        raise ProtocolError("name must contain printable characters only")
+    return name
+
+
+def clean_room(value) -> str:
+    if value is None:
+        return DEFAULT_ROOM
+    if not isinstance(value, str):
+        raise ProtocolError("room must be a string")
+    room = value.strip()
+    if not 1 <= len(room) <= MAX_ROOM_LENGTH:
+        raise ProtocolError(f"room must be 1 to {MAX_ROOM_LENGTH} characters")
+    if not room.isprintable():
+        raise ProtocolError("room must contain printable characters only")
+    return room
+
+
+def parse_auth(auth) -> tuple[str, str]:
+    """Return ``(name, room)`` from a connection's auth payload."""
+    if not isinstance(auth, dict):
+        raise ProtocolError('connect with auth {"name": ..., "room": ...}')
+    return clean_name(auth.get("name")), clean_room(auth.get("room"))
+
+
+def clean_text(payload, max_length: int) -> str:
+    """Return the trimmed text of a ``message`` event's payload."""
+    if not isinstance(payload, dict):
+        raise ProtocolError('message must be an object like {"text": "..."}')
+    text = payload.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError("message text must be a string")
+    text = text.strip()
+    if not text:
+        raise ProtocolError("message text is empty")
+    if len(text) > max_length:
+        raise ProtocolError(f"message text is longer than {max_length} characters")
+    return text
+
+
+def room_of(payload) -> str:
+    """Return the room named by a ``join`` event's payload."""
+    if isinstance(payload, str):
+        return clean_room(payload)
+    if not isinstance(payload, dict) or "room" not in payload:
+        raise ProtocolError('join needs {"room": "..."}')
+    return clean_room(payload["room"])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def chat_message(*, room: str, name: str, text: str, server: str) -> dict:
+    return {
+        "id": uuid.uuid4().hex,
+        "room": room,
+        "name": name,
+        "text": text,
+        "server": server,
+        "ts": now_ms(),
+    }
+
+
+def system_notice(*, room: str, name: str, kind: str, server: str) -> dict:
+    verbs = {"join": "joined", "leave": "left"}
+    return {
+        "room": room,
+        "name": name,
+        "kind": kind,
+        "text": f"{name} {verbs[kind]} {room}",
+        "server": server,
+        "ts": now_ms(),
+    }
+
+
+class TokenBucket:
+    """Allow ``rate`` events per second with bursts of up to ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,0 +1,182 @@
+"""Configuration: read from the environment once, validated, frozen.
+
+This is the only module that looks at ``os.environ``.  Entry points call
+:func:`load_settings`, and everything else is handed the resulting
+:class:`Settings` object; tests build ``Settings(...)`` directly.
+
+A bad value raises :class:`SettingsError`, whose message is one line that
+names the variable and says what it accepts.  Entry points print that line
+and exit with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+MODES = ("socketio", "pubsub")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Where this replica listens (used by ``python -m chat``; gunicorn binds
+    # from its own configuration).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Backplane: no URL means a single node with the in-memory manager.
+    redis_url: str | None = None
+    redis_mode: str = "socketio"
+    redis_channel: str = "chat:messages"
+    server_id: str = dataclasses.field(default_factory=socket.gethostname)
+    # Origins allowed to open a Socket.IO connection.  Empty means
+    # same-origin only; ("*",) allows any origin.
+    cors_origins: tuple[str, ...] = ()
+    max_message_length: int = 2000
+    # Largest Engine.IO frame a client may send, in bytes.  A chat message of
+    # max_message_length characters fits with room to spare; the library's
+    # default of 1 MB would let one client make a replica parse megabytes.
+    max_frame_bytes: int = 32_768
+    # Token bucket per connection: sustained messages per second, and burst.
+    message_rate: float = 10.0
+    message_burst: int = 20
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    log_level: str = "INFO"
+    web_dir: Path = DEFAULT_WEB_DIR
+
+    @property
+    def mode(self) -> str:
+        """The backplane actually in use: memory, socketio or pubsub."""
+        return self.redis_mode if self.redis_url else "memory"
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _number(env: Mapping[str, str], name: str, default, kind=int, minimum=0):
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    what = "a whole number" if kind is int else "a number"
+    problem = SettingsError(f"{name}={raw!r} is not valid: expected {what} >= {minimum}")
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise problem from None
+    if not value >= minimum:  # also refuses NaN
+        raise problem
+    return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("REDIS_URL", "").strip()
+    if not raw:
+        return None
+    accepted = "a redis://, rediss:// or unix:// URL"
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError(f"REDIS_URL={raw!r} is not valid: expected {accepted}") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise SettingsError(f"REDIS_URL={raw!r} is not valid: expected {accepted}")
+    if parts.scheme == "unix" and not parts.path:
+        raise SettingsError(
+            f"REDIS_URL={raw!r} is not valid: a unix:// URL needs a socket path"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"REDIS_URL={raw!r} is not valid: it names no host")
+    del port
+    return raw
+
+
+def _mode(env: Mapping[str, str]) -> str:
+    raw = env.get("REDIS_MODE", "").strip().lower() or "socketio"
+    if raw not in MODES:
+        raise SettingsError(
+            f"REDIS_MODE={env['REDIS_MODE']!r} is not valid: expected one of "
+            + ", ".join(MODES)
+        )
+    return raw
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("CORS_ORIGINS", "").strip()
+    if not raw:
+        return ()
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise SettingsError(
+                f"CORS_ORIGINS={raw!r} is not valid: expected '*' or a comma-separated "
+                "list of origins such as https://chat.example.com"
+            )
+    return origins
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    if raw not in levels:
+        raise SettingsError(
+            f"LOG_LEVEL={env['LOG_LEVEL']!r} is not valid: expected one of "
+            + ", ".join(levels)
+        )
+    return raw
+
+
+def _server_id(env: Mapping[str, str]) -> str:
+    raw = env.get("SERVER_ID", "").strip()
+    if not raw:
+        return socket.gethostname()
+    if len(raw) > 64 or not raw.isprintable():
+        raise SettingsError(
+            f"SERVER_ID={raw!r} is not valid: expected 1 to 64 printable characters"
+        )
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    settings = Settings(
+        host=_text(env, "HOST", "127.0.0.1"),
+        port=_number(env, "PORT", 8000, minimum=0),
+        redis_url=_redis_url(env),
+        redis_mode=_mode(env),
+        redis_channel=_text(env, "REDIS_CHANNEL", "chat:messages"),
+        server_id=_server_id(env),
+        cors_origins=_origins(env),
+        max_message_length=_number(env, "MAX_MESSAGE_LENGTH", 2000, minimum=1),
+        max_frame_bytes=_number(env, "MAX_FRAME_BYTES", 32_768, minimum=1024),
+        message_rate=_number(env, "MESSAGE_RATE", 10.0, kind=float, minimum=0.1),
+        message_burst=_number(env, "MESSAGE_BURST", 20, minimum=1),
+        ping_interval=_number(env, "PING_INTERVAL", 25.0, kind=float, minimum=1),
+        ping_timeout=_number(env, "PING_TIMEOUT", 20.0, kind=float, minimum=1),
+        log_level=_log_level(env),
+        web_dir=Path(_text(env, "WEB_DIR", str(DEFAULT_WEB_DIR))),
+    )
+    if settings.port > 65535:
+        raise SettingsError(f"PORT={settings.port} is not valid: expected 0 to 65535")
+    if settings.max_message_length * 4 + 256 > settings.max_frame_bytes:
+        raise SettingsError(
+            f"MAX_FRAME_BYTES={settings.max_frame_bytes} is not valid: it must hold a "
+            f"message of MAX_MESSAGE_LENGTH={settings.max_message_length} characters "
+            f"(at least {settings.max_message_length * 4 + 256})"
+        )
+    return settings
