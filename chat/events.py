@@ -19,6 +19,7 @@ Anything else a client sends gets ``{"ok": false, "error": ...}`` as its ack.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -175,10 +176,10 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def _notice(self, room, name, kind, skip_sid=None):
         notice = system_notice(room=room, name=name, kind=kind,
                                server=self.settings.server_id)
-        try:
+        # If Redis is down the manager has logged it, and the members on this
+        # replica have the notice already: nothing more to do.
+        with contextlib.suppress(BackplaneUnavailable):
             await self.emit("system", notice, room=room, skip_sid=skip_sid)
-        except BackplaneUnavailable:
-            pass  # logged by the manager; local members have it already
 
 
 def _address(environ) -> str:

@@ -106,7 +106,7 @@ def system_notice(*, room: str, name: str, kind: str, server: str) -> dict:
 class TokenBucket:
     """Allow ``rate`` events per second with bursts of up to ``burst``."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int):
         self.rate = rate

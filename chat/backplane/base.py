@@ -69,5 +69,5 @@ class Observed:
 async def ping(client: aioredis.Redis, timeout: float = 1.0) -> bool:
     try:
         return bool(await asyncio.wait_for(client.ping(), timeout))
-    except (asyncio.TimeoutError, OSError, aioredis.RedisError):
+    except (TimeoutError, OSError, aioredis.RedisError):
         return False

@@ -48,6 +48,7 @@ Failure handling, which is what this file adds over the library:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import redis.asyncio as aioredis
@@ -169,7 +170,5 @@ class ManualRedisManager(Observed, socketio.AsyncPubSubManager):
 
 
 async def _close_quietly(pubsub) -> None:
-    try:
+    with contextlib.suppress(OSError, RedisError):
         await pubsub.aclose()
-    except (OSError, RedisError):
-        pass
