@@ -52,8 +52,8 @@ import contextlib
 import time
 
 import redis.asyncio as aioredis
-import socketio
 from redis.exceptions import RedisError
+from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from .base import BackplaneUnavailable, Observed, ping, redis_options
 
@@ -63,7 +63,7 @@ IDLE_PING = 5.0  # PING the subscription after this long without traffic
 DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
 
 
-class ManualRedisManager(Observed, socketio.AsyncPubSubManager):
+class ManualRedisManager(Observed, AsyncPubSubManager):
     name = "chat-pubsub"
     mode = "pubsub"
 

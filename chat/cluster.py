@@ -1,0 +1,496 @@
+"""The cluster as local processes: Redis, N gunicorn replicas, NGINX.
+
+This is the same topology as ``compose.yaml``, for machines without a Docker
+engine (and for the test suite, which drives it through the same class).
+``make up`` / ``make scale`` / ``make down`` call the ``chat-cluster``
+command defined here when Docker is absent.
+
+Every process is started in its own session with its output in a log file,
+and recorded (PID, port, command) in ``<state>/cluster.json``, so a later
+``chat-cluster`` call, a test's teardown or ``make down`` can find and stop
+exactly those processes by PID, and nothing else.
+
+Layout of the state folder (``.run/`` by default, git-ignored)::
+
+    cluster.json          what runs: ports, PIDs, mode
+    logs/redis.log        logs/replica-N.log        logs/nginx.log
+    nginx/nginx.conf      deploy/nginx.conf rendered for the replica ports
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+MIME_TYPES = ("/etc/nginx/mime.types", "/usr/local/etc/nginx/mime.types",
+              "/opt/homebrew/etc/nginx/mime.types")
+INSTALL_HINTS = {
+    "nginx": "install NGINX (Debian/Ubuntu: apt-get install nginx; macOS: brew install nginx)",
+    "redis-server": "install Redis (Debian/Ubuntu: apt-get install redis-server; "
+                    "macOS: brew install redis), or pass --redis-url",
+}
+
+
+class ClusterError(RuntimeError):
+    """Something the operator must fix; the message is one line saying what."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_binary(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}") if os.access(p, os.X_OK)),
+        None)
+    if path is None:
+        raise ClusterError(f"{name} not found: {INSTALL_HINTS[name]}")
+    return path
+
+
+def render_nginx(template: str, values: dict[str, str]) -> str:
+    """Fill ``${CHAT_...}`` placeholders, leaving NGINX's own ``$vars`` alone."""
+
+    def fill(match: re.Match) -> str:
+        return values[match.group(1)]
+
+    return re.sub(r"\$\{(CHAT_[A-Z_]+)\}", fill, template)
+
+
+def upstream_lines(ports: list[int]) -> str:
+    return "\n        ".join(
+        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in ports)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by us) is not alive.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return False
+    return True
+
+
+def stop_pid(pid: int | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+    """Send ``sig``; after ``grace`` seconds, SIGKILL.  Returns once it is gone."""
+    if not alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            _reap(pid)
+            time.sleep(0.02)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    # Our own children must be waited for, or they linger as zombies.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=ROOT, start_new_session=True)
+    return proc.pid
+
+
+def wait_until(check, timeout: float, what: str, log: Path | None = None,
+               pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not alive(pid):
+            break
+        time.sleep(0.05)
+    tail = ""
+    if log is not None and log.exists():
+        lines = log.read_text(errors="replace").strip().splitlines()
+        # The most telling line is usually the last exception or error.
+        errors = [line for line in lines if re.search(r"(Error|Exception|error):", line)]
+        tail = (errors or lines or [""])[-1].strip()
+    state = "exited" if pid is not None and not alive(pid) else f"not ready after {timeout:.0f} s"
+    raise ClusterError(f"{what} {state}" + (f": {tail}" if tail else ""))
+
+
+@dataclasses.dataclass
+class Replica:
+    server_id: str
+    port: int
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclasses.dataclass
+class RedisProcess:
+    """A redis-server of our own, that keeps nothing on disk."""
+
+    port: int
+    log: Path
+    pid: int | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.pid = spawn(argv, self.log)
+        wait_until(self.answers, 10, f"redis-server on port {self.port}", self.log, self.pid)
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
+        except OSError:
+            return False
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_pid(self.pid, sig)
+        self.pid = None
+
+
+class LocalCluster:
+    """Redis + N replicas + NGINX as local processes, recorded in a state folder."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir).resolve()
+        self.state_file = self.state_dir / "cluster.json"
+        self.logs = self.state_dir / "logs"
+        self.port = 0
+        self.mode = "socketio"
+        self.redis_url = ""
+        self.redis: RedisProcess | None = None
+        self.replicas: list[Replica] = []
+        self.nginx_pid: int | None = None
+        self.extra_env: dict[str, str] = {}
+        if self.state_file.exists():
+            self._load()
+
+    # -- state ----------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _load(self) -> None:
+        state = json.loads(self.state_file.read_text())
+        self.port, self.mode = state["port"], state["mode"]
+        self.redis_url = state["redis_url"]
+        self.extra_env = state.get("env", {})
+        if state.get("redis"):
+            self.redis = RedisProcess(port=state["redis"]["port"], pid=state["redis"]["pid"],
+                                      log=self.logs / "redis.log")
+        self.replicas = [Replica(**r) for r in state["replicas"]]
+        self.nginx_pid = state.get("nginx_pid")
+
+    def _save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "port": self.port, "mode": self.mode, "redis_url": self.redis_url,
+            "env": self.extra_env,
+            "redis": {"port": self.redis.port, "pid": self.redis.pid} if self.redis else None,
+            "replicas": [dataclasses.asdict(r) for r in self.replicas],
+            "nginx_pid": self.nginx_pid,
+        }
+        self.state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+    def running(self) -> bool:
+        return any(alive(pid) for pid in self._pids())
+
+    def _pids(self) -> list[int]:
+        pids = [r.pid for r in self.replicas if r.pid]
+        if self.nginx_pid:
+            pids.append(self.nginx_pid)
+        if self.redis and self.redis.pid:
+            pids.append(self.redis.pid)
+        return pids
+
+    # -- lifecycle ------------------------------------------------------
+    def up(self, replicas: int = 3, mode: str = "socketio", port: int = 8080,
+           redis_url: str | None = None, env: dict[str, str] | None = None) -> None:
+        if self.running():
+            raise ClusterError(
+                f"a cluster is already running from {self.state_dir} (chat-cluster down first)")
+        if replicas < 1:
+            raise ClusterError("replicas must be at least 1")
+        nginx = find_binary("nginx")
+        self.port, self.mode = port, mode
+        self.extra_env = dict(env or {})
+        self.replicas, self.nginx_pid, self.redis = [], None, None
+        try:
+            if redis_url:
+                self.redis_url = redis_url
+            else:
+                self.redis = RedisProcess(port=free_port(), log=self.logs / "redis.log")
+                self.redis.start()
+                self.redis_url = self.redis.url
+            self._save()
+            self._add_replicas(replicas)
+            self._start_nginx(nginx)
+        except BaseException:
+            self.down()
+            raise
+
+    def scale(self, replicas: int) -> None:
+        if not self.running() or not self.nginx_pid:
+            raise ClusterError("no cluster is running (chat-cluster up first)")
+        if replicas < 1:
+            raise ClusterError("replicas must be at least 1")
+        current = len(self.replicas)
+        if replicas > current:
+            self._add_replicas(replicas - current)
+            self._reload_nginx()
+        elif replicas < current:
+            leaving = self.replicas[replicas:]
+            self.replicas = self.replicas[:replicas]
+            # NGINX first, so no new client is sent to a replica that is going.
+            self._reload_nginx()
+            self._save()
+            for replica in leaving:
+                stop_pid(replica.pid)
+
+    def down(self) -> None:
+        # NGINX first (no new traffic), then replicas (graceful), then Redis.
+        stop_pid(self.nginx_pid, signal.SIGQUIT)
+        self.nginx_pid = None
+        for replica in self.replicas:
+            stop_pid(replica.pid)
+        self.replicas = []
+        if self.redis:
+            self.redis.stop()
+            self.redis = None
+        if self.state_file.exists():
+            self.state_file.unlink()
+
+    # -- replicas -------------------------------------------------------
+    def replica_env(self, replica: Replica) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update({
+            "REDIS_URL": self.redis_url,
+            "REDIS_MODE": self.mode,
+            "SERVER_ID": replica.server_id,
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def _add_replicas(self, count: int) -> None:
+        taken = {int(r.server_id.rsplit("-", 1)[1]) for r in self.replicas}
+        new = []
+        number = 1
+        while len(new) < count:
+            if number not in taken:
+                new.append(Replica(server_id=f"replica-{number}", port=free_port()))
+            number += 1
+        for replica in new:
+            self.start_replica(replica)
+            self.replicas.append(replica)
+            self._save()
+        for replica in new:
+            self.wait_replica(replica)
+        self.replicas.sort(key=lambda r: int(r.server_id.rsplit("-", 1)[1]))
+        self._save()
+
+    def start_replica(self, replica: Replica) -> None:
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
+                "--bind", f"127.0.0.1:{replica.port}", "--chdir", str(ROOT)]
+        replica.pid = spawn(argv, self.logs / f"{replica.server_id}.log",
+                            self.replica_env(replica))
+
+    def wait_replica(self, replica: Replica, timeout: float = 30) -> None:
+        wait_until(lambda: http_ok(f"{replica.url}/healthz"), timeout,
+                   replica.server_id, self.logs / f"{replica.server_id}.log", replica.pid)
+
+    def replica(self, server_id: str) -> Replica:
+        for replica in self.replicas:
+            if replica.server_id == server_id:
+                return replica
+        raise KeyError(server_id)
+
+    def kill_replica(self, server_id: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one replica with ``sig`` (a crash by default); NGINX keeps it listed."""
+        replica = self.replica(server_id)
+        stop_pid(replica.pid, sig, grace=30)
+
+    def restart_replica(self, server_id: str) -> None:
+        replica = self.replica(server_id)
+        stop_pid(replica.pid)
+        self.start_replica(replica)
+        self._save()
+        self.wait_replica(replica)
+
+    # -- nginx ----------------------------------------------------------
+    def render_nginx(self) -> Path:
+        run_dir = self.state_dir / "nginx"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mime = next((m for m in MIME_TYPES if Path(m).exists()), None)
+        values = {
+            "CHAT_RUN_DIR": str(run_dir),
+            "CHAT_MIME_TYPES": mime or str(ROOT / "deploy" / "mime.types"),
+            "CHAT_ACCESS_LOG": str(self.logs / "nginx-access.log"),
+            "CHAT_LISTEN": f"127.0.0.1:{self.port}",
+            "CHAT_WEB_ROOT": str(ROOT / "web"),
+            "CHAT_UPSTREAM_SERVERS": upstream_lines([r.port for r in self.replicas]),
+        }
+        conf = run_dir / "nginx.conf"
+        conf.write_text(render_nginx(NGINX_TEMPLATE.read_text(), values))
+        return conf
+
+    def _nginx_argv(self, nginx: str, conf: Path) -> list[str]:
+        return [nginx, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"]
+
+    def check_nginx(self, nginx: str | None = None) -> None:
+        nginx = nginx or find_binary("nginx")
+        conf = self.render_nginx()
+        result = subprocess.run([*self._nginx_argv(nginx, conf), "-t", "-q"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ClusterError("nginx -t: " + " ".join(result.stderr.split()))
+
+    def _start_nginx(self, nginx: str) -> None:
+        self.check_nginx(nginx)
+        conf = self.state_dir / "nginx" / "nginx.conf"
+        self.nginx_pid = spawn(self._nginx_argv(nginx, conf), self.logs / "nginx.log")
+        self._save()
+        wait_until(lambda: http_ok(f"{self.url}/nginx-health"), 10,
+                   f"nginx on port {self.port}", self.logs / "nginx.log", self.nginx_pid)
+
+    def _reload_nginx(self) -> None:
+        """Graceful reload: old workers keep their connections until they close."""
+        self.check_nginx()
+        os.kill(self.nginx_pid, signal.SIGHUP)
+        time.sleep(0.3)  # the master re-reads the config and starts new workers
+        wait_until(lambda: http_ok(f"{self.url}/nginx-health"), 10, "nginx reload",
+                   self.logs / "nginx.log", self.nginx_pid)
+        self._save()
+
+    # -- reporting ------------------------------------------------------
+    def status(self) -> list[tuple[str, str, int | None, str]]:
+        rows = []
+        if self.redis:
+            rows.append(("redis", f"127.0.0.1:{self.redis.port}", self.redis.pid,
+                         "up" if alive(self.redis.pid) else "down"))
+        elif self.redis_url:
+            rows.append(("redis", self.redis_url, None, "external"))
+        for r in self.replicas:
+            state = "down"
+            if alive(r.pid):
+                state = "ready" if http_ok(f"{r.url}/readyz") else "up, not ready"
+            rows.append((r.server_id, f"127.0.0.1:{r.port}", r.pid, state))
+        rows.append(("nginx", f"127.0.0.1:{self.port}", self.nginx_pid,
+                     "up" if alive(self.nginx_pid) else "down"))
+        return rows
+
+
+def _print_status(cluster: LocalCluster) -> None:
+    for name, where, pid, state in cluster.status():
+        print(f"  {name:<12} {where:<22} pid {pid or '-':<8} {state}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="chat-cluster", description="Run the chat cluster as local processes.")
+    parser.add_argument("--state-dir", default=str(ROOT / ".run"),
+                        help="where PIDs, logs and the rendered nginx.conf live")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start Redis, N replicas and NGINX")
+    up.add_argument("--replicas", "-n", type=int, default=3)
+    up.add_argument("--mode", choices=("socketio", "pubsub"), default="socketio")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
+    scale = sub.add_parser("scale", help="change the number of replicas")
+    scale.add_argument("replicas", type=int)
+    sub.add_parser("down", help="stop everything")
+    sub.add_parser("ps", help="show what runs")
+    logs = sub.add_parser("logs", help="show the logs")
+    logs.add_argument("-f", "--follow", action="store_true")
+    args = parser.parse_args(argv)
+
+    cluster = LocalCluster(Path(args.state_dir))
+    try:
+        if args.command == "up":
+            cluster.up(args.replicas, args.mode, args.port, args.redis_url or None)
+            print(f"chat is up at http://localhost:{cluster.port}/ "
+                  f"({len(cluster.replicas)} replicas, mode {cluster.mode})")
+            _print_status(cluster)
+        elif args.command == "scale":
+            cluster.scale(args.replicas)
+            print(f"scaled to {len(cluster.replicas)} replicas")
+            _print_status(cluster)
+        elif args.command == "down":
+            cluster.down()
+            print("chat is down")
+        elif args.command == "ps":
+            if not cluster.state_file.exists():
+                print("no cluster is running")
+                return 0
+            _print_status(cluster)
+        elif args.command == "logs":
+            files = sorted(str(p) for p in cluster.logs.glob("*.log"))
+            if not files:
+                print("no logs yet")
+                return 0
+            tail = ["tail", "-n", "40"] + (["-F"] if args.follow else []) + files
+            os.execvp("tail", tail)
+    except ClusterError as exc:
+        print(f"chat-cluster: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

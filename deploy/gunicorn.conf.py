@@ -1,0 +1,24 @@
+# gunicorn settings for one chat replica (the bind address comes from the
+# command line: `gunicorn -c deploy/gunicorn.conf.py --bind HOST:PORT`).
+
+# aiohttp's worker runs the app from chat.app:gunicorn_app, an async factory.
+wsgi_app = "chat.app:gunicorn_app"
+worker_class = "aiohttp.GunicornWebWorker"
+
+# One worker per replica: a Socket.IO session lives in one process's memory,
+# and the cluster scales by adding replicas, each behind NGINX's sticky hash.
+workers = 1
+
+# On SIGTERM the worker stops accepting, tells its clients to reconnect
+# elsewhere and has this long to finish; aiohttp uses 95% of it.
+graceful_timeout = 10
+timeout = 30
+keepalive = 5
+
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+
+# gunicorn >= 24 opens a control socket at a fixed path in $HOME; several
+# replicas on one machine would fight over it, and nothing here uses it.
+control_socket_disable = True
