@@ -91,6 +91,7 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
+    _reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,29 +105,40 @@ def alive(pid: int | None) -> bool:
     return True
 
 
-def stop_pid(pid: int | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
-    """Send ``sig``; after ``grace`` seconds, SIGKILL.  Returns once it is gone."""
-    if not alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + grace
-    while alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.05)
-    if alive(pid):
+def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+    """Send ``sig`` to each; SIGKILL what is left after ``grace`` seconds.
+
+    Returns once every one of them is gone.
+    """
+    pids = [pid for pid in pids if alive(pid)]
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while alive(pid):
-            _reap(pid)
-            time.sleep(0.02)
-    _reap(pid)
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    while any(alive(pid) for pid in pids):
+        time.sleep(0.02)
+
+
+def stop_pid(pid: int | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+    stop_pids([pid], sig, grace)
+
+
+# Processes this Python process started: polled so that they do not linger as
+# zombies once they exit (a later chat-cluster call is not their parent and
+# only signals them).
+_children: dict[int, subprocess.Popen] = {}
 
 
 def _reap(pid: int) -> None:
-    # Our own children must be waited for, or they linger as zombies.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _children[pid]
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
@@ -135,6 +147,7 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=ROOT, start_new_session=True)
+    _children[proc.pid] = proc
     return proc.pid
 
 
@@ -261,13 +274,15 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------
     def up(self, replicas: int = 3, mode: str = "socketio", port: int = 8080,
-           redis_url: str | None = None, env: dict[str, str] | None = None) -> None:
+           redis_url: str | None = None, env: dict[str, str] | None = None,
+           proxy: bool = True) -> None:
+        """Start everything; ``proxy=False`` leaves NGINX out (backplane tests)."""
         if self.running():
             raise ClusterError(
                 f"a cluster is already running from {self.state_dir} (chat-cluster down first)")
         if replicas < 1:
             raise ClusterError("replicas must be at least 1")
-        nginx = find_binary("nginx")
+        nginx = find_binary("nginx") if proxy else None
         self.port, self.mode = port, mode
         self.extra_env = dict(env or {})
         self.replicas, self.nginx_pid, self.redis = [], None, None
@@ -280,7 +295,8 @@ class LocalCluster:
                 self.redis_url = self.redis.url
             self._save()
             self._add_replicas(replicas)
-            self._start_nginx(nginx)
+            if nginx:
+                self._start_nginx(nginx)
         except BaseException:
             self.down()
             raise
@@ -300,15 +316,13 @@ class LocalCluster:
             # NGINX first, so no new client is sent to a replica that is going.
             self._reload_nginx()
             self._save()
-            for replica in leaving:
-                stop_pid(replica.pid)
+            stop_pids([replica.pid for replica in leaving])
 
     def down(self) -> None:
         # NGINX first (no new traffic), then replicas (graceful), then Redis.
         stop_pid(self.nginx_pid, signal.SIGQUIT)
         self.nginx_pid = None
-        for replica in self.replicas:
-            stop_pid(replica.pid)
+        stop_pids([replica.pid for replica in self.replicas])
         self.replicas = []
         if self.redis:
             self.redis.stop()

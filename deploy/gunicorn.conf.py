@@ -22,3 +22,20 @@ loglevel = "info"
 # gunicorn >= 24 opens a control socket at a fixed path in $HOME; several
 # replicas on one machine would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Check the settings in the master, before any worker boots.
+
+    A bad value then stops gunicorn with one line naming it, instead of
+    every worker dying with a traceback in a restart loop.
+    """
+    import sys
+
+    from chat.settings import SettingsError, load_settings
+
+    try:
+        load_settings()
+    except SettingsError as exc:
+        print(f"chat: {exc}", file=sys.stderr)
+        sys.exit(2)

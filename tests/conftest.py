@@ -1,0 +1,148 @@
+"""Fixtures that start real services: redis-server, replicas, NGINX, clients.
+
+Every process is started through ``chat.cluster`` (the code ``make up`` runs)
+and stopped by PID in the fixture's teardown, whatever the test did.
+Nothing here touches the Redis on port 6379.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+import socketio
+
+from chat.cluster import LocalCluster, RedisProcess, free_port
+
+
+@pytest.fixture
+def redis_factory(tmp_path):
+    """Return ``create(password=None)`` starting a redis-server on a free port."""
+    started: list[RedisProcess] = []
+
+    def create(password: str | None = None) -> RedisProcess:
+        redis = RedisProcess(port=free_port(), log=tmp_path / f"redis-{len(started)}.log",
+                             password=password)
+        started.append(redis)
+        redis.start()
+        return redis
+
+    yield create
+    for redis in started:
+        redis.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    """Return ``create(replicas=3, mode="socketio", proxy=True, ...)``.
+
+    Each call brings up its own Redis, replicas and (unless ``proxy=False``)
+    NGINX, in a state folder under the test's tmp_path.
+    """
+    clusters: list[LocalCluster] = []
+
+    def create(replicas: int = 3, mode: str = "socketio", proxy: bool = True,
+               redis_url: str | None = None, env: dict[str, str] | None = None
+               ) -> LocalCluster:
+        cluster = LocalCluster(tmp_path / f"cluster-{len(clusters)}")
+        clusters.append(cluster)
+        cluster.up(replicas=replicas, mode=mode, port=free_port(), redis_url=redis_url,
+                   env=env, proxy=proxy)
+        return cluster
+
+    yield create
+    for cluster in clusters:
+        cluster.down()
+
+
+@pytest.fixture
+def cluster(cluster_factory) -> LocalCluster:
+    """Redis + 3 replicas (socketio mode) + NGINX."""
+    return cluster_factory()
+
+
+@pytest.fixture(params=["socketio", "pubsub"])
+def mode(request) -> str:
+    return request.param
+
+
+class ChatClient:
+    """A Socket.IO client that records what it receives, for assertions."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.welcome: dict = {}
+        self.messages: list[dict] = []
+        self.system: list[dict] = []
+        self.typing: list[dict] = []
+        self.refusal = None
+        self.disconnects: list = []
+        self._changed = asyncio.Event()
+        sio = self.sio
+        sio.on("welcome", self._record(lambda d: self.welcome.update(d)))
+        sio.on("message", self._record(self.messages.append))
+        sio.on("system", self._record(self.system.append))
+        sio.on("typing", self._record(self.typing.append))
+        sio.on("connect_error", self._record(lambda d: setattr(self, "refusal", d)))
+        sio.on("disconnect", self._record(self.disconnects.append))
+
+    def _record(self, store):
+        async def handler(data=None, *_):
+            store(data)
+            self._changed.set()
+        return handler
+
+    @property
+    def server(self) -> str:
+        return self.welcome.get("server", "")
+
+    async def connect(self, url: str, room: str | None = None, transports=("websocket",),
+                      auth: dict | None = None, sticky: str | None = None):
+        if auth is None:
+            auth = {"name": self.name}
+            if room is not None:
+                auth["room"] = room
+        key = sticky or secrets.token_hex(8)
+        await self.sio.connect(f"{url}?sticky={key}", auth=auth,
+                               transports=list(transports), wait_timeout=10)
+        await self.wait_for(lambda: self.welcome)
+        return self
+
+    async def send(self, text, timeout: float = 5.0):
+        return await self.sio.call("message", {"text": text}, timeout=timeout)
+
+    async def wait_for(self, predicate, timeout: float = 5.0):
+        """Wait until ``predicate()`` is true; fail the test on timeout."""
+        async def loop():
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except TimeoutError:
+            pytest.fail(f"{self.name}: condition not met within {timeout} s")
+        return predicate()
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.messages]
+
+
+@pytest.fixture
+async def connect():
+    """Return ``await connect(url, name, room=None, ...)``; all disconnected after."""
+    clients: list[ChatClient] = []
+
+    async def create(url: str, name: str, **kwargs) -> ChatClient:
+        client = ChatClient(name)
+        clients.append(client)
+        return await client.connect(url, **kwargs)
+
+    yield create
+    await asyncio.gather(*(c.sio.disconnect() for c in clients), return_exceptions=True)
+
+
+async def spread(connect, urls: list[str], names: list[str], **kwargs) -> list[ChatClient]:
+    """Connect one client per name, the i-th to ``urls[i % len(urls)]``."""
+    return [await connect(urls[i % len(urls)], name, **kwargs) for i, name in enumerate(names)]

@@ -1,0 +1,162 @@
+"""Across replicas: three replica processes on one real Redis, both modes.
+
+Each test runs once per backplane mode (the ``mode`` fixture).  Clients talk
+to the replicas directly (no NGINX here), so we choose who sits where.
+
+"Exactly once" and "never" are checked with a barrier: after the message
+under test, a second message is sent on the same path; once it has arrived,
+anything the first one would have caused has arrived too (one sender, one
+channel, one listener per replica: Redis keeps the order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import socketio
+
+from chat.backplane import create_manager
+from chat.metrics import Metrics
+from chat.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def trio(cluster_factory, mode):
+    """Redis and three replicas, no proxy."""
+    return cluster_factory(replicas=3, mode=mode, proxy=False)
+
+
+@pytest.fixture
+def replicas(trio):
+    return trio.replicas
+
+
+async def test_message_crosses_replicas_exactly_once(replicas, connect):
+    a = await connect(replicas[0].url, "ana")
+    b = await connect(replicas[1].url, "bia")
+    c = await connect(replicas[2].url, "caio")
+    assert [a.server, b.server, c.server] == ["replica-1", "replica-2", "replica-3"]
+
+    ack = await a.send("hello from replica-1")
+    assert ack["ok"] is True
+    await a.send("barrier")
+    for client in (a, b, c):
+        await client.wait_for(lambda client=client: "barrier" in client.texts())
+        assert client.texts() == ["hello from replica-1", "barrier"]
+        first = client.messages[0]
+        assert first["id"] == ack["id"]
+        assert (first["name"], first["server"], first["room"]) == ("ana", "replica-1", "general")
+
+
+async def test_room_emit_reaches_only_that_room_on_every_replica(replicas, connect):
+    in_a = [await connect(r.url, f"a{i}", room="a") for i, r in enumerate(replicas)]
+    in_b = [await connect(r.url, f"b{i}", room="b") for i, r in enumerate(replicas)]
+
+    assert (await in_a[0].send("for room a"))["ok"]
+    assert (await in_b[0].send("for room b"))["ok"]
+    for client in in_a:
+        await client.wait_for(lambda client=client: client.texts() == ["for room a"])
+    for client in in_b:
+        await client.wait_for(lambda client=client: client.texts() == ["for room b"])
+    # Room b's barrier arrived after room a's message was published: room b
+    # members on every replica saw only their own room.
+
+
+async def test_skip_sid_holds_across_replicas(replicas, connect):
+    sender = await connect(replicas[0].url, "ana")
+    others = [await connect(r.url, f"o{i}") for i, r in enumerate(replicas)]
+    # typing is relayed to the room with skip_sid=sender
+    assert (await sender.sio.call("typing", {"typing": True}))["ok"]
+    assert (await sender.send("barrier"))["ok"]
+    for client in others:
+        await client.wait_for(lambda client=client: "barrier" in client.texts())
+        assert client.typing == [{"name": "ana", "room": "general", "typing": True}]
+    await sender.wait_for(lambda: "barrier" in sender.texts())
+    assert sender.typing == []
+    # The sender's own join notice was skipped too, on every replica.
+    assert not [n for n in sender.system if n["name"] == "ana"]
+
+
+async def test_join_is_seen_on_every_replica(replicas, connect):
+    mover = await connect(replicas[0].url, "mover")
+    stay = [await connect(r.url, f"stay{i}") for i, r in enumerate(replicas)]
+    there = [await connect(r.url, f"there{i}", room="lounge") for i, r in enumerate(replicas)]
+
+    ack = await mover.sio.call("join", {"room": "lounge"})
+    assert ack == {"ok": True, "room": "lounge"}
+    for client in stay:
+        await client.wait_for(lambda client=client: any(
+            n["kind"] == "leave" and n["name"] == "mover" for n in client.system))
+    for client in there:
+        await client.wait_for(lambda client=client: any(
+            n["kind"] == "join" and n["name"] == "mover" for n in client.system))
+
+    assert (await mover.send("now in lounge"))["ok"]
+    assert (await stay[0].send("still in general"))["ok"]
+    for client in there:
+        await client.wait_for(lambda client=client: client.texts() == ["now in lounge"])
+    for client in stay:
+        await client.wait_for(lambda client=client: client.texts() == ["still in general"])
+    assert mover.texts() == ["now in lounge"]
+
+
+@pytest.fixture
+async def peer(trio, mode):
+    """An extra Socket.IO server in this test process, on the same backplane.
+
+    It holds no clients, so everything it asks of a client is routed through
+    Redis to the replica that holds that client.
+    """
+    settings = Settings(redis_url=trio.redis_url, redis_mode=mode, server_id="peer")
+    manager = create_manager(settings, Metrics("peer", settings.mode), logging.getLogger("peer"))
+    sio = socketio.AsyncServer(client_manager=manager, async_mode="aiohttp")
+    sio.manager_initialized = True
+    manager.initialize()
+    await _wait_ready(manager)
+    yield sio
+    await manager.close()
+
+
+async def _wait_ready(manager, timeout=10.0):
+    async def loop():
+        while not (await manager.ready())[0]:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def test_ack_from_a_client_on_another_replica_comes_back(replicas, connect, peer):
+    client = await connect(replicas[1].url, "bia")
+    client.sio.on("probe", lambda data: {"pong": data["n"] + 1})
+    answer = await peer.call("probe", {"n": 41}, to=client.welcome["sid"], timeout=5)
+    assert answer == {"pong": 42}
+
+
+async def test_room_changes_and_disconnect_for_a_sid_on_another_replica(replicas, connect, peer):
+    client = await connect(replicas[2].url, "caio")
+    witness = await connect(replicas[0].url, "witness")
+    sid = client.welcome["sid"]
+
+    await peer.enter_room(sid, "secret")
+    await _until_delivered(peer, client, "secret", "in secret 1")
+
+    await peer.leave_room(sid, "secret")
+    await peer.emit("message", {"text": "in secret 2"}, room="secret")
+    await peer.emit("message", {"text": "barrier"}, room=sid)
+    await client.wait_for(lambda: "barrier" in client.texts())
+    assert "in secret 2" not in client.texts()
+
+    await peer.disconnect(sid)
+    await client.wait_for(lambda: client.disconnects)
+    await witness.wait_for(lambda: any(
+        n["kind"] == "leave" and n["name"] == "caio" for n in witness.system))
+
+
+async def _until_delivered(peer, client, room, text, timeout=5.0):
+    # enter_room travels through Redis like the emit that follows it, in
+    # order, so the first emit already finds the client in the room.
+    await peer.emit("message", {"text": text}, room=room)
+    await client.wait_for(lambda: text in client.texts(), timeout)

@@ -1,0 +1,100 @@
+"""Configuration: parsed once, and a bad value stops start-up with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from chat.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_mean_one_node_in_memory():
+    settings = load_settings({})
+    assert settings.redis_url is None
+    assert settings.mode == "memory"
+    assert settings.redis_mode == "socketio"
+    assert settings.redis_channel == "chat:messages"
+    assert settings.max_message_length == 2000
+    assert settings.server_id  # the host name
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6390/0", "rediss://user:pw@redis.example:6380", "unix:///tmp/redis.sock",
+])
+def test_accepted_redis_urls(url):
+    settings = load_settings({"REDIS_URL": url, "REDIS_MODE": "pubsub"})
+    assert settings.redis_url == url
+    assert settings.mode == "pubsub"
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        Settings().port = 1  # type: ignore[misc]
+
+
+def test_cors_origins_parsed():
+    settings = load_settings({"CORS_ORIGINS": "https://a.example, http://b.example:8080/"})
+    assert settings.cors_origins == ("https://a.example", "http://b.example:8080")
+    assert load_settings({"CORS_ORIGINS": "*"}).cors_origins == ("*",)
+
+
+@pytest.mark.parametrize(("env", "variable", "accepts"), [
+    ({"REDIS_MODE": "signalr"}, "REDIS_MODE", "socketio, pubsub"),
+    ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL", "redis://"),
+    ({"REDIS_URL": "redis://:notaport"}, "REDIS_URL", "redis://"),
+    ({"REDIS_URL": "redis://"}, "REDIS_URL", "no host"),
+    ({"REDIS_URL": "unix://"}, "REDIS_URL", "socket path"),
+    ({"MAX_MESSAGE_LENGTH": "lots"}, "MAX_MESSAGE_LENGTH", "whole number"),
+    ({"MAX_MESSAGE_LENGTH": "0"}, "MAX_MESSAGE_LENGTH", ">= 1"),
+    ({"MESSAGE_RATE": "nan"}, "MESSAGE_RATE", "number"),
+    ({"PORT": "70000"}, "PORT", "65535"),
+    ({"PORT": "http"}, "PORT", "whole number"),
+    ({"CORS_ORIGINS": "example.com"}, "CORS_ORIGINS", "origins"),
+    ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "DEBUG"),
+    ({"SERVER_ID": "x" * 65}, "SERVER_ID", "64"),
+    ({"MAX_MESSAGE_LENGTH": "100000"}, "MAX_FRAME_BYTES", "MAX_MESSAGE_LENGTH"),
+])
+def test_bad_value_names_the_variable(env, variable, accepts):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(variable + "=") or variable in message.split(" ")[0]
+    assert accepts in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"REDIS_MODE": "bogus"}, "REDIS_MODE"),
+    ({"REDIS_URL": "mysql://x"}, "REDIS_URL"),
+    ({"MAX_MESSAGE_LENGTH": "ten"}, "MAX_MESSAGE_LENGTH"),
+])
+def test_python_m_chat_refuses_bad_settings_in_one_line(env, variable):
+    result = subprocess.run([sys.executable, "-m", "chat"], env={**_base_env(), **env},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_gunicorn_refuses_bad_settings_in_one_line(tmp_path):
+    from chat.cluster import GUNICORN_CONF, ROOT, free_port
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind",
+         f"127.0.0.1:{free_port()}"],
+        env={**_base_env(), "REDIS_MODE": "bogus"}, cwd=ROOT,
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert [line for line in result.stderr.splitlines() if "REDIS_MODE" in line]
+
+
+def _base_env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PORT"))}

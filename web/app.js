@@ -1,0 +1,526 @@
+// The chat page: one Socket.IO connection per tab, no framework, no build step.
+//
+// Flow:
+// * A name (kept in localStorage) and a room are sent as the connection's
+//   `auth`; a refusal comes back as `connect_error` and is shown on the join
+//   form.  The query carries a per-tab `sticky` key (kept in sessionStorage,
+//   so a reload keeps it) that NGINX hashes to pick this tab's replica.
+// * `welcome` says which replica took the connection: the badge shows it, in
+//   a colour derived from its id.  After a replica dies the client reconnects
+//   on its own, lands on another replica, and a new `welcome` updates the badge.
+// * A message is shown at once as "sending".  Its ack either names the id the
+//   server gave it or carries an error, shown next to the message.  The server
+//   relays every message to the whole room, sender included: the echo with
+//   the same id marks the message "sent" and says which replica relayed it.
+//
+// Everything a peer wrote is inserted with textContent, never as HTML.
+
+"use strict";
+
+(() => {
+  const STORAGE = { name: "chat.name", room: "chat.room", sticky: "chat.sticky" };
+  const DEFAULT_ROOM = "general";
+  const MAX_NAME_LENGTH = 32;
+  const ACK_TIMEOUT_MS = 8000;
+  const MAX_MESSAGES = 500;
+  // A peer's "is typing" fades unless refreshed (a lost "stopped" must not stick).
+  const TYPING_SHOWN_MS = 5000;
+  const TYPING_REFRESH_MS = 3000;
+  const TYPING_IDLE_MS = 2500;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    badge: $("server-badge"),
+    state: $("conn-state"),
+    detail: $("conn-detail"),
+    reconnect: $("reconnect-button"),
+    joinPanel: $("join-panel"),
+    nameForm: $("name-form"),
+    nameInput: $("name-input"),
+    joinRoomInput: $("join-room-input"),
+    nameError: $("name-error"),
+    chatPanel: $("chat-panel"),
+    roomForm: $("room-form"),
+    roomInput: $("room-input"),
+    roomError: $("room-error"),
+    roomName: $("room-name"),
+    myName: $("my-name"),
+    changeName: $("change-name"),
+    messages: $("messages"),
+    typing: $("typing"),
+    messageForm: $("message-form"),
+    messageInput: $("message-input"),
+    template: $("message-template"),
+  };
+
+  const chat = {
+    socket: null,
+    name: load(localStorage, STORAGE.name) || "",
+    room: load(sessionStorage, STORAGE.room) || DEFAULT_ROOM,
+    server: null,
+    byId: new Map(), // message id -> its <li>
+    typers: new Map(), // name -> timer that hides their "is typing"
+    typing: { active: false, sentAt: 0, idleTimer: 0 },
+  };
+
+  // ---- storage that may be unavailable (private modes, disabled cookies)
+
+  function load(storage, key) {
+    try {
+      return storage.getItem(key);
+    } catch {
+      return null;
+    }
+  }
+
+  function save(storage, key, value) {
+    try {
+      storage.setItem(key, value);
+    } catch {
+      // Not remembered; the page still works for this visit.
+    }
+  }
+
+  function stickyKey() {
+    let key = load(sessionStorage, STORAGE.sticky);
+    if (!key) {
+      const bytes = crypto.getRandomValues(new Uint8Array(12));
+      key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+      save(sessionStorage, STORAGE.sticky, key);
+    }
+    return key;
+  }
+
+  // ---- replica colours
+
+  function replicaHue(serverId) {
+    let hash = 0x811c9dc5; // FNV-1a
+    for (const ch of serverId) {
+      hash ^= ch.codePointAt(0);
+      hash = Math.imul(hash, 0x01000193);
+    }
+    // Spread by the golden ratio so similar ids ("replica-1", "replica-2")
+    // land far apart on the colour wheel.
+    return Math.round((((hash >>> 0) * 0.6180339887) % 1) * 360);
+  }
+
+  function paintReplica(element, serverId) {
+    element.style.setProperty("--replica-hue", String(replicaHue(serverId)));
+  }
+
+  // ---- connection
+
+  function setConnection(state, detail = "") {
+    ui.state.textContent = state;
+    ui.state.dataset.state = state;
+    ui.detail.textContent = detail;
+    ui.reconnect.hidden = state !== "offline" || !chat.name;
+    document.body.dataset.connection = state;
+  }
+
+  function connect() {
+    if (chat.socket) {
+      if (!chat.socket.active) chat.socket.connect();
+      return;
+    }
+    setConnection("connecting");
+    const socket = io({
+      // A function, so each (re)connection sends the current name and room.
+      auth: (send) => send({ name: chat.name, room: chat.room }),
+      query: { sticky: stickyKey() },
+      reconnectionDelay: 500,
+      reconnectionDelayMax: 2000,
+      timeout: 5000,
+    });
+    chat.socket = socket;
+
+    socket.on("connect", () => setConnection("connected"));
+    socket.on("welcome", onWelcome);
+    socket.on("message", onMessage);
+    socket.on("system", onSystem);
+    socket.on("typing", onTyping);
+    socket.on("disconnect", (reason) => {
+      clearTypers();
+      stopTyping(false);
+      if (socket.active) {
+        setConnection("reconnecting", describe(reason));
+      } else {
+        setConnection("offline", reason === "io client disconnect" ? "" : describe(reason));
+      }
+    });
+    socket.on("connect_error", (err) => {
+      if (socket.active) {
+        // A transport failure: the manager keeps trying.
+        setConnection(navigator.onLine === false ? "offline" : "reconnecting", err.message);
+        return;
+      }
+      // The server refused us (bad name or room): ask again.
+      setConnection("offline", "refused");
+      showJoin(err.message);
+    });
+    socket.io.on("reconnect_attempt", (attempt) => {
+      if (!socket.connected) ui.detail.textContent = `attempt ${attempt}`;
+    });
+  }
+
+  function describe(reason) {
+    const reasons = {
+      "transport close": "lost the connection to the server",
+      "transport error": "lost the connection to the server",
+      "ping timeout": "the server stopped answering",
+      "io server disconnect": "the server closed the connection",
+    };
+    return reasons[reason] || reason;
+  }
+
+  function onWelcome(welcome) {
+    const previous = chat.server;
+    chat.server = welcome.server;
+    chat.name = welcome.name;
+    ui.myName.textContent = welcome.name;
+    ui.badge.textContent = welcome.server;
+    ui.badge.title = `Connected to replica ${welcome.server} (${welcome.mode} backplane)`;
+    ui.badge.hidden = false;
+    paintReplica(ui.badge, welcome.server);
+    if (Number.isInteger(welcome.max_message_length)) {
+      ui.messageInput.maxLength = welcome.max_message_length;
+    }
+    if (welcome.room !== chat.room || !ui.roomName.textContent) {
+      enterRoom(welcome.room);
+    }
+    if (previous === null) {
+      addNotice(`connected to ${welcome.server}`);
+    } else {
+      addNotice(`reconnected to ${welcome.server} (was ${previous})`);
+    }
+  }
+
+  // ---- join form (name prompt)
+
+  function showJoin(error = "") {
+    ui.joinPanel.hidden = false;
+    ui.chatPanel.hidden = true;
+    ui.nameInput.value = chat.name;
+    ui.joinRoomInput.value = chat.room === DEFAULT_ROOM ? "" : chat.room;
+    ui.nameError.textContent = error;
+    ui.nameInput.focus();
+  }
+
+  function showChat() {
+    ui.joinPanel.hidden = true;
+    ui.chatPanel.hidden = false;
+    ui.myName.textContent = chat.name;
+    ui.roomInput.value = chat.room;
+    ui.roomName.textContent = chat.room;
+    ui.messageInput.focus();
+  }
+
+  ui.nameForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = ui.nameInput.value.trim();
+    if (name.length < 1 || name.length > MAX_NAME_LENGTH) {
+      ui.nameError.textContent = `name must be 1 to ${MAX_NAME_LENGTH} characters`;
+      ui.nameInput.focus();
+      return;
+    }
+    chat.name = name;
+    chat.room = ui.joinRoomInput.value.trim() || DEFAULT_ROOM;
+    save(localStorage, STORAGE.name, name);
+    save(sessionStorage, STORAGE.room, chat.room);
+    ui.nameError.textContent = "";
+    showChat();
+    connect();
+  });
+
+  ui.changeName.addEventListener("click", () => {
+    if (chat.socket) chat.socket.disconnect();
+    chat.server = null; // the next welcome is a fresh start, not a reconnection
+    showJoin();
+  });
+
+  ui.reconnect.addEventListener("click", () => {
+    if (!chat.name) {
+      showJoin();
+      return;
+    }
+    connect();
+  });
+
+  // ---- rooms
+
+  ui.roomForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const room = ui.roomInput.value.trim();
+    ui.roomError.textContent = "";
+    if (!room || room === chat.room) {
+      ui.roomInput.value = chat.room;
+      return;
+    }
+    const socket = chat.socket;
+    if (!socket || !socket.connected) {
+      ui.roomError.textContent = "not connected: try again when connected";
+      return;
+    }
+    socket.timeout(ACK_TIMEOUT_MS).emit("join", { room }, (err, ack) => {
+      if (err) {
+        ui.roomError.textContent = `could not switch room: ${err.message}`;
+      } else if (!ack || !ack.ok) {
+        ui.roomError.textContent = (ack && ack.error) || "could not switch room";
+      } else {
+        enterRoom(ack.room);
+      }
+    });
+  });
+
+  function enterRoom(room) {
+    chat.room = room;
+    save(sessionStorage, STORAGE.room, room);
+    ui.roomName.textContent = room;
+    ui.roomInput.value = room;
+    ui.messages.replaceChildren();
+    chat.byId.clear();
+    clearTypers();
+    addNotice(`you are in #${room}`);
+  }
+
+  // ---- messages
+
+  function formatTime(ts) {
+    const date = new Date(ts);
+    if (Number.isNaN(date.getTime())) return null;
+    return date;
+  }
+
+  function buildMessage({ name, text, ts }) {
+    const li = ui.template.content.firstElementChild.cloneNode(true);
+    li.querySelector(".name").textContent = name;
+    li.querySelector(".text").textContent = text;
+    setTime(li, ts);
+    return li;
+  }
+
+  function setTime(li, ts) {
+    const date = formatTime(ts);
+    const time = li.querySelector(".time");
+    if (!date) return;
+    time.dateTime = date.toISOString();
+    time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    time.title = date.toLocaleString();
+  }
+
+  function setServer(li, serverId) {
+    const server = li.querySelector(".server");
+    server.textContent = serverId;
+    server.title = `relayed by ${serverId}`;
+    paintReplica(server, serverId);
+  }
+
+  function setStatus(li, state, error = "") {
+    li.dataset.state = state;
+    const status = li.querySelector(".status");
+    status.replaceChildren();
+    if (state === "sending") {
+      status.textContent = "sending…";
+    } else if (state === "failed") {
+      const reason = document.createElement("span");
+      reason.className = "error";
+      reason.textContent = `not sent: ${error}`;
+      status.append(reason);
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "link retry";
+      retry.textContent = "retry";
+      retry.addEventListener("click", () => {
+        if (li.dataset.id) chat.byId.delete(li.dataset.id);
+        li.remove();
+        send(li.querySelector(".text").textContent);
+      });
+      status.append(" ", retry);
+    }
+  }
+
+  function append(li) {
+    const list = ui.messages;
+    const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    list.append(li);
+    while (list.childElementCount > MAX_MESSAGES) {
+      const oldest = list.firstElementChild;
+      if (oldest.dataset.id) chat.byId.delete(oldest.dataset.id);
+      oldest.remove();
+    }
+    if (nearBottom || li.classList.contains("mine")) {
+      list.scrollTop = list.scrollHeight;
+    }
+  }
+
+  function addNotice(text, ts = Date.now()) {
+    const li = document.createElement("li");
+    li.className = "notice";
+    const time = document.createElement("time");
+    const date = formatTime(ts);
+    if (date) {
+      time.dateTime = date.toISOString();
+      time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    }
+    const body = document.createElement("span");
+    body.textContent = text;
+    li.append(time, " ", body);
+    append(li);
+  }
+
+  function send(text) {
+    const li = buildMessage({ name: chat.name, text, ts: Date.now() });
+    li.classList.add("mine");
+    setStatus(li, "sending");
+    append(li);
+    const socket = chat.socket;
+    if (!socket || !socket.connected) {
+      // Not buffered for later: the user decides whether to retry.
+      setStatus(li, "failed", "not connected");
+      return;
+    }
+    socket.timeout(ACK_TIMEOUT_MS).emit("message", { text }, (err, ack) => {
+      if (err) {
+        const timedOut = /timed out/.test(err.message);
+        setStatus(li, "failed", timedOut ? "no answer from the server" : err.message);
+        return;
+      }
+      settle(li, ack || {});
+    });
+  }
+
+  // The ack names the id; the echo may have arrived before it (one replica,
+  // no backplane) or may come after (through Redis).
+  function settle(pending, ack) {
+    let li = pending;
+    const echoed = ack.id ? chat.byId.get(ack.id) : null;
+    if (echoed) {
+      pending.remove();
+      echoed.classList.add("mine");
+      li = echoed;
+    } else if (ack.id) {
+      li.dataset.id = ack.id;
+      chat.byId.set(ack.id, li);
+    }
+    if (!ack.ok) {
+      setStatus(li, "failed", ack.error || "refused by the server");
+    }
+  }
+
+  function onMessage(message) {
+    if (message.room !== chat.room) return; // sent before we switched rooms
+    forgetTyper(message.name);
+    const known = chat.byId.get(message.id);
+    if (known) {
+      setTime(known, message.ts);
+      setServer(known, message.server);
+      if (known.dataset.state !== "failed") setStatus(known, "sent");
+      return;
+    }
+    const li = buildMessage(message);
+    li.dataset.id = message.id;
+    setServer(li, message.server);
+    setStatus(li, "sent");
+    chat.byId.set(message.id, li);
+    append(li);
+  }
+
+  function onSystem(notice) {
+    if (notice.room !== chat.room) return;
+    if (notice.kind === "leave") forgetTyper(notice.name);
+    addNotice(notice.text, notice.ts);
+  }
+
+  ui.messageForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = ui.messageInput.value.trim();
+    if (!text) return;
+    ui.messageInput.value = "";
+    stopTyping(true);
+    send(text);
+  });
+
+  // ---- typing indicator
+
+  ui.messageInput.addEventListener("input", () => {
+    const socket = chat.socket;
+    if (!socket || !socket.connected) return;
+    if (!ui.messageInput.value.trim()) {
+      stopTyping(true);
+      return;
+    }
+    const now = Date.now();
+    if (!chat.typing.active || now - chat.typing.sentAt > TYPING_REFRESH_MS) {
+      chat.typing.active = true;
+      chat.typing.sentAt = now;
+      socket.emit("typing", { typing: true });
+    }
+    clearTimeout(chat.typing.idleTimer);
+    chat.typing.idleTimer = setTimeout(() => stopTyping(true), TYPING_IDLE_MS);
+  });
+
+  function stopTyping(tell) {
+    clearTimeout(chat.typing.idleTimer);
+    if (!chat.typing.active) return;
+    chat.typing.active = false;
+    if (tell && chat.socket && chat.socket.connected) {
+      chat.socket.emit("typing", { typing: false });
+    }
+  }
+
+  function onTyping(event) {
+    // The server relays to everyone else: another tab of ours may be typing.
+    if (event.room !== chat.room) return;
+    if (!event.typing) {
+      forgetTyper(event.name);
+      return;
+    }
+    clearTimeout(chat.typers.get(event.name));
+    chat.typers.set(event.name, setTimeout(() => forgetTyper(event.name), TYPING_SHOWN_MS));
+    renderTypers();
+  }
+
+  function forgetTyper(name) {
+    if (!chat.typers.has(name)) return;
+    clearTimeout(chat.typers.get(name));
+    chat.typers.delete(name);
+    renderTypers();
+  }
+
+  function clearTypers() {
+    for (const timer of chat.typers.values()) clearTimeout(timer);
+    chat.typers.clear();
+    renderTypers();
+  }
+
+  function renderTypers() {
+    const names = [...chat.typers.keys()];
+    let text = "";
+    if (names.length === 1) {
+      text = `${names[0]} is typing…`;
+    } else if (names.length === 2) {
+      text = `${names[0]} and ${names[1]} are typing…`;
+    } else if (names.length > 2) {
+      text = `${names[0]}, ${names[1]} and ${names.length - 2} more are typing…`;
+    }
+    ui.typing.textContent = text;
+  }
+
+  // ---- start
+
+  window.addEventListener("offline", () => {
+    if (!chat.socket || !chat.socket.connected) setConnection("offline", "no network");
+  });
+
+  if (typeof io !== "function") {
+    setConnection("offline", "the Socket.IO client failed to load");
+    return;
+  }
+  setConnection("offline");
+  if (chat.name) {
+    showChat();
+    connect();
+  } else {
+    showJoin();
+  }
+})();
