@@ -136,6 +136,8 @@ class Connection:
         self.welcomed = asyncio.Event()
         self.closing = False
         self.lost = False
+        self.gone = asyncio.Event()
+        self.key = secrets.token_hex(8)
         self.seen_ids: deque[str] = deque(maxlen=256)
         self.arrived = asyncio.Event()
         self.sio = socketio.AsyncClient(
@@ -170,6 +172,11 @@ class Connection:
         if self.closing or not self.server:
             return
         self.lost = True
+        self.welcomed.clear()
+        if reason == self.sio.reason.SERVER_DISCONNECT or not self.sio.reconnection:
+            # python-socketio retries only after a transport failure; a
+            # replica that shuts down politely ends the session instead.
+            self.gone.set()
         if self.sio.reconnection:
             note(f"lost the connection to {self.server} ({reason}); reconnecting")
 
@@ -183,16 +190,35 @@ class Connection:
         if self.show:
             self.show("system", event)
 
-    async def open(self) -> None:
-        """Connect and wait for the welcome; raise ClientError saying why not."""
+    async def open(self, retry: bool = False) -> None:
+        """Connect and wait for the welcome; raise ClientError saying why not.
+
+        With ``retry``, keep trying (python-socketio's reconnection delays)
+        until the server answers.
+        """
+        self.gone.clear()
         try:
-            await self.sio.connect(sticky_url(self.url), auth=self._auth,
-                                   transports=self.transports, wait_timeout=3600)
+            await self.sio.connect(sticky_url(self.url, self.key), auth=self._auth,
+                                   transports=self.transports, wait_timeout=3600,
+                                   retry=retry)
         except socketio.exceptions.ConnectionError:
             if self.sio.failed_namespaces:
                 raise ClientError(f"{self.url} refused the connection: {self.refusal}") from None
             raise ClientError(await self.diagnose()) from None
         await self.welcomed.wait()
+
+    async def stay_connected(self) -> None:
+        """Reopen the session whenever the server ends it; never returns."""
+        while True:
+            await self.gone.wait()
+            try:
+                await self.open(retry=True)
+            except ClientError as exc:
+                if asyncio.current_task().cancelling():
+                    # python-socketio's retry loop swallows our cancellation.
+                    raise asyncio.CancelledError from None
+                note(f"{exc}; retrying")
+                await asyncio.sleep(RECONNECT_DELAY_MAX)
 
     async def diagnose(self) -> str:
         """Explain a failed Engine.IO handshake: python-socketio only says
@@ -204,7 +230,7 @@ class Connection:
                 status = r.status
         except aiohttp.ClientConnectorError as exc:
             return f"cannot reach {self.url}: {os_reason(exc.os_error)}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return f"cannot reach {self.url}: {printable(exc) or type(exc).__name__}"
         if status != 200:
             return f"{self.url} is not a chat server (HTTP {status} for {probe})"
@@ -229,10 +255,6 @@ class Connection:
                     self.arrived.clear()
                     await self.arrived.wait()
         return message_id in self.seen_ids
-
-    async def ended(self) -> None:
-        """Return when the connection is over for good (no reconnection left)."""
-        await self.sio.wait()
 
     async def close(self) -> None:
         self.closing = True
@@ -284,24 +306,22 @@ async def send(args) -> int:
 async def listen(args) -> int:
     async with connected(args, reconnect=True, show=printer(args.json)) as conn:
         note(f"listening to [{conn.room}] on {conn.server} as {conn.name}")
-        await conn.ended()
-    raise ClientError("the server closed the connection")
+        await conn.stay_connected()
+    return 0
 
 
 async def chat(args) -> int:
     lines = stdin_lines()
     async with connected(args, reconnect=True, show=printer(args.json)) as conn:
-        note(f"in [{conn.room}] on {conn.server} as {conn.name}; /join ROOM to move, /quit to leave")
-        ended = asyncio.ensure_future(conn.ended())
+        note(f"in [{conn.room}] on {conn.server} as {conn.name}; "
+             "/join ROOM to move, /quit to leave")
+        keeper = asyncio.ensure_future(conn.stay_connected())
         last_id = None
         try:
-            while True:
-                line = await next_line(lines, ended)
-                if line is None or line.strip() == "/quit":
-                    break
+            while (line := await lines.get()) is not None and line.strip() != "/quit":
                 last_id = await handle_line(conn, line.strip(), args.timeout) or last_id
         finally:
-            ended.cancel()
+            keeper.cancel()
         if line is None and last_id:
             # Input ended (a pipe, usually): let our last message come back
             # from the room before leaving, so the transcript is complete.
@@ -354,16 +374,6 @@ def stdin_lines() -> asyncio.Queue:
     return queue
 
 
-async def next_line(lines: asyncio.Queue, ended: asyncio.Future) -> str | None:
-    """The next input line; ClientError if the connection ended meanwhile."""
-    getter = asyncio.ensure_future(lines.get())
-    await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
-    if getter.done():
-        return getter.result()
-    getter.cancel()
-    raise ClientError("the server closed the connection")
-
-
 # -- command line -------------------------------------------------------------
 
 MODES = {"send": send, "listen": listen, "chat": chat}
@@ -399,15 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args) -> int:
-    """Run one mode; Ctrl-C or SIGTERM end it quietly."""
-    task = asyncio.current_task()
+    """Run one mode until it ends; Ctrl-C or SIGTERM end it quietly."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        return await MODES[args.command](args)
-    except asyncio.CancelledError:
+        loop.add_signal_handler(sig, stop.set)
+    mode = asyncio.ensure_future(MODES[args.command](args))
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({mode, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not mode.done():
+        mode.cancel()
+        # The mode closes its connection as it unwinds; do not wait forever.
+        await asyncio.wait({mode}, timeout=5)
         return 130 if args.command == "send" else 0
+    try:
+        return mode.result()
     except ClientError as exc:
         note(str(exc))
         return 1

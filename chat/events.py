@@ -124,7 +124,12 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_message(self, sid, payload):
         started = time.perf_counter()
-        client = self.clients[sid]
+        try:
+            return await self._relay_message(self.clients[sid], payload)
+        finally:
+            self.metrics.handling.observe(time.perf_counter() - started)
+
+    async def _relay_message(self, client: Client, payload) -> dict:
         try:
             if not client.messages.take():
                 raise ProtocolError("rate limit: too many messages, slow down")
@@ -139,8 +144,6 @@ class ChatNamespace(socketio.AsyncNamespace):
             await self.emit("message", message, room=client.room)
         except BackplaneUnavailable:
             return refusal(LOCAL_ONLY, id=message["id"])
-        finally:
-            self.metrics.handling.observe(time.perf_counter() - started)
         return {"ok": True, "id": message["id"]}
 
     async def on_join(self, sid, payload):

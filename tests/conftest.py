@@ -33,27 +33,55 @@ def redis_factory(tmp_path):
         redis.stop()
 
 
+class ClusterPool:
+    """Brings clusters up in state folders under ``base``; ``close()`` stops all."""
+
+    def __init__(self, base):
+        self.base = base
+        self.clusters: list[LocalCluster] = []
+
+    def create(self, replicas: int = 3, mode: str = "socketio", proxy: bool = True,
+               redis_url: str | None = None, env: dict[str, str] | None = None
+               ) -> LocalCluster:
+        cluster = LocalCluster(self.base / f"cluster-{len(self.clusters)}")
+        self.clusters.append(cluster)
+        cluster.up(replicas=replicas, mode=mode, port=free_port(), redis_url=redis_url,
+                   env=env, proxy=proxy)
+        return cluster
+
+    def close(self) -> None:
+        for cluster in self.clusters:
+            cluster.down()
+
+
 @pytest.fixture
 def cluster_factory(tmp_path):
     """Return ``create(replicas=3, mode="socketio", proxy=True, ...)``.
 
     Each call brings up its own Redis, replicas and (unless ``proxy=False``)
-    NGINX, in a state folder under the test's tmp_path.
+    NGINX; the test owns them, so it may kill and restart them.
     """
-    clusters: list[LocalCluster] = []
+    pool = ClusterPool(tmp_path)
+    yield pool.create
+    pool.close()
 
-    def create(replicas: int = 3, mode: str = "socketio", proxy: bool = True,
-               redis_url: str | None = None, env: dict[str, str] | None = None
-               ) -> LocalCluster:
-        cluster = LocalCluster(tmp_path / f"cluster-{len(clusters)}")
-        clusters.append(cluster)
-        cluster.up(replicas=replicas, mode=mode, port=free_port(), redis_url=redis_url,
-                   env=env, proxy=proxy)
-        return cluster
 
-    yield create
-    for cluster in clusters:
-        cluster.down()
+@pytest.fixture(scope="module")
+def shared_clusters(tmp_path_factory):
+    """Like ``cluster_factory``, but lives for the module and caches by
+    arguments: for tests that only connect clients and leave things as they
+    found them.  Starting a cluster costs about two seconds."""
+    pool = ClusterPool(tmp_path_factory.mktemp("shared"))
+    cache: dict = {}
+
+    def get(replicas: int = 3, mode: str = "socketio", proxy: bool = True) -> LocalCluster:
+        key = (replicas, mode, proxy)
+        if key not in cache:
+            cache[key] = pool.create(replicas=replicas, mode=mode, proxy=proxy)
+        return cache[key]
+
+    yield get
+    pool.close()
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def trio(cluster_factory, mode):
-    """Redis and three replicas, no proxy."""
-    return cluster_factory(replicas=3, mode=mode, proxy=False)
+def trio(shared_clusters, mode):
+    """Redis and three replicas, no proxy (shared by this module's tests)."""
+    return shared_clusters(replicas=3, mode=mode, proxy=False)
 
 
 @pytest.fixture

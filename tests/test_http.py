@@ -1,0 +1,109 @@
+"""The HTTP side of a replica: the page, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from chat.cluster import ROOT, free_port, http_ok, stop_pid
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_status(url: str, status: int, timeout: float) -> float:
+    """Poll until ``url`` answers ``status``; return how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if get(url)[0] == status:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    pytest.fail(f"{url} did not answer {status} within {timeout} s")
+
+
+@pytest.fixture
+def single_node(tmp_path):
+    """``python -m chat`` as a newcomer runs it: no Redis, one port."""
+    port = free_port()
+    log = open(tmp_path / "chat.log", "wb")  # noqa: SIM115 (closed below)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("REDIS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "chat", "--port", str(port)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not http_ok(f"{url}/healthz") and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "chat.log").read_text()
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop_pid(proc.pid)
+        proc.wait()
+        log.close()
+
+
+async def test_python_m_chat_is_a_working_chat_without_redis(single_node, connect):
+    status, body = get(single_node + "/")
+    assert status == 200 and "<html" in body.lower()
+    assert get(single_node + "/healthz")[1].count('"mode": "memory"') == 1
+    assert get(single_node + "/readyz")[0] == 200
+    ana = await connect(single_node, "ana")
+    bia = await connect(single_node, "bia", transports=("polling",))
+    assert (await ana.send("one node is enough"))["ok"]
+    await bia.wait_for(lambda: bia.texts() == ["one node is enough"])
+
+
+def test_files_outside_web_are_not_served(single_node):
+    for path in ("/../setup.cfg", "/%2e%2e/setup.cfg", "/..%2fsetup.cfg", "/chat/app.py"):
+        assert get(single_node + path)[0] == 404
+
+
+async def test_health_and_metrics(shared_clusters, connect):
+    replica = shared_clusters(replicas=1, mode="pubsub", proxy=False).replicas[0]
+    ana = await connect(replica.url, "ana")
+    assert (await ana.send("count me"))["ok"]
+    assert not (await ana.send(""))["ok"]
+    await ana.wait_for(lambda: ana.texts() == ["count me"])
+
+    health = json.loads(get(replica.url + "/healthz")[1])
+    assert health == {"status": "ok", "server": "replica-1", "mode": "pubsub",
+                      "clients": 1, "backplane": "ok"}
+    status, body = get(replica.url + "/readyz")
+    assert status == 200 and json.loads(body)["ready"] is True
+
+    status, metrics = get(replica.url + "/metrics")
+    assert status == 200
+    labels = '{mode="pubsub",server="replica-1"}'
+    for line in (f"chat_connected_clients{labels} 1.0",
+                 f"chat_messages_accepted_total{labels} 1.0",
+                 f"chat_messages_rejected_total{labels} 1.0",
+                 f"chat_messages_delivered_total{labels} 1.0",
+                 f"chat_backplane_publishes_total{labels}",
+                 f"chat_backplane_received_total{labels}",
+                 f"chat_backplane_publish_failures_total{labels} 0.0",
+                 f"chat_backplane_reconnects_total{labels} 0.0",
+                 f"chat_message_handling_seconds_count{labels} 2.0"):
+        assert line in metrics, line
+
+
+@pytest.mark.slow
+def test_readyz_follows_redis(cluster_factory, mode):
+    cluster = cluster_factory(replicas=1, mode=mode, proxy=False)
+    ready = cluster.replicas[0].url + "/readyz"
+    wait_status(ready, 200, 10)
+    cluster.redis.stop()
+    wait_status(ready, 503, 5)
+    assert get(cluster.replicas[0].url + "/healthz")[0] == 200  # alive, not ready
+    cluster.redis.start()
+    wait_status(ready, 200, 15)
