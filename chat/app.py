@@ -9,6 +9,7 @@ here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import socketio
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from .backplane import create_manager
 from .events import ChatNamespace
-from .keys import LOGGER, MANAGER, METRICS, NAMESPACE, SETTINGS, SIO
+from .keys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, SETTINGS, SIO
 from .logs import setup_logging
 from .metrics import Metrics
 from .routes import setup_routes
@@ -43,17 +44,49 @@ def create_app(settings: Settings | None = None) -> web.Application:
     namespace = ChatNamespace(settings, metrics, logger)
     sio.register_namespace(namespace)
 
-    app = web.Application()
+    app = web.Application(middlewares=[track_connections])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGER] = manager
     app[SIO] = sio
     app[NAMESPACE] = namespace
     app[LOGGER] = logger
+    app[CONNECTIONS] = set()
     sio.attach(app)
     setup_routes(app)
     app.cleanup_ctx.append(backplane_lifetime)
+    app.on_shutdown.append(drain)
     return app
+
+
+@web.middleware
+async def track_connections(request: web.Request, handler):
+    """Remember the TCP connection of every Socket.IO request while it runs."""
+    if not request.path.startswith("/socket.io"):
+        return await handler(request)
+    connections = request.app[CONNECTIONS]
+    transport = request.transport
+    connections.add(transport)
+    try:
+        return await handler(request)
+    finally:
+        connections.discard(transport)
+
+
+async def drain(app: web.Application) -> None:
+    """On SIGTERM: drop every client's connection so it reconnects elsewhere.
+
+    By now the listening socket is closed, so the reconnection lands, through
+    NGINX, on another replica.  Closing the TCP connection is the one signal
+    every Socket.IO client takes as "reconnect": a Socket.IO or Engine.IO
+    close packet would tell the Python client, at least, to stop for good.
+    """
+    connections = [t for t in app[CONNECTIONS] if not t.is_closing()]
+    if connections:
+        app[LOGGER].info("draining: closing %d client connections", len(connections))
+    for transport in connections:
+        transport.close()
+    await asyncio.sleep(0)  # let the handlers see their connections go
 
 
 async def backplane_lifetime(app: web.Application):
@@ -67,7 +100,23 @@ async def backplane_lifetime(app: web.Application):
     sio.manager.initialize()
     logger.info("replica %s up, backplane %s", settings.server_id, settings.mode)
     yield
+    await sio.shutdown()  # Engine.IO's service task
     await app[MANAGER].close()
+    await _cancel_ping_timers()
+
+
+async def _cancel_ping_timers() -> None:
+    """Cancel Engine.IO's per-socket ping timers that outlive their sockets.
+
+    Each one sleeps for a ping interval; left pending when the worker's loop
+    closes, every one of them would be logged as "Task was destroyed but it
+    is pending!".
+    """
+    timers = [task for task in asyncio.all_tasks()
+              if getattr(task.get_coro(), "__qualname__", "") == "AsyncSocket._send_ping"]
+    for task in timers:
+        task.cancel()
+    await asyncio.gather(*timers, return_exceptions=True)
 
 
 def _cors(settings: Settings):

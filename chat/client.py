@@ -108,6 +108,28 @@ def os_reason(error: OSError) -> str:
     return os.strerror(error.errno).lower()
 
 
+async def diagnose(http: aiohttp.ClientSession, url: str, transports=("websocket",)) -> str:
+    """Explain a failed Engine.IO handshake in a few words.
+
+    python-socketio only says "Connection error", so ask the server the
+    same question with a plain HTTP request and report what went wrong.
+    """
+    probe = urlunsplit(urlsplit(url)._replace(path="/socket.io/",
+                                              query="EIO=4&transport=polling"))
+    try:
+        async with http.get(probe, timeout=aiohttp.ClientTimeout(total=3)) as response:
+            status = response.status
+    except aiohttp.ClientConnectorError as exc:
+        return f"cannot reach {url}: {os_reason(exc.os_error)}"
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return f"cannot reach {url}: {printable(exc) or type(exc).__name__}"
+    if status != 200:
+        return f"{url} is not a chat server (HTTP {status} for {probe})"
+    if "websocket" in transports:
+        return f"{url} answers but refused the WebSocket connection (try --polling)"
+    return f"{url} answers but the Socket.IO handshake failed"
+
+
 def note(text: str) -> None:
     print(f"chat-client: {text}", file=sys.stderr, flush=True)
 
@@ -139,6 +161,7 @@ class Connection:
         self.gone = asyncio.Event()
         self.key = secrets.token_hex(8)
         self.seen_ids: deque[str] = deque(maxlen=256)
+        self.last_sent: str | None = None
         self.arrived = asyncio.Event()
         self.sio = socketio.AsyncClient(
             reconnection=reconnect,
@@ -196,7 +219,6 @@ class Connection:
         With ``retry``, keep trying (python-socketio's reconnection delays)
         until the server answers.
         """
-        self.gone.clear()
         try:
             await self.sio.connect(sticky_url(self.url, self.key), auth=self._auth,
                                    transports=self.transports, wait_timeout=3600,
@@ -204,39 +226,25 @@ class Connection:
         except socketio.exceptions.ConnectionError:
             if self.sio.failed_namespaces:
                 raise ClientError(f"{self.url} refused the connection: {self.refusal}") from None
-            raise ClientError(await self.diagnose()) from None
+            raise ClientError(await diagnose(self.http, self.url, self.transports)) from None
         await self.welcomed.wait()
+        self.gone.clear()
 
     async def stay_connected(self) -> None:
         """Reopen the session whenever the server ends it; never returns."""
         while True:
             await self.gone.wait()
+            # Give python-socketio a moment to finish closing the old session
+            # (connect() refuses until it has), and the replica to go away.
+            await asyncio.sleep(RECONNECT_DELAY)
             try:
                 await self.open(retry=True)
-            except ClientError as exc:
+            except (ClientError, ValueError) as exc:
                 if asyncio.current_task().cancelling():
                     # python-socketio's retry loop swallows our cancellation.
                     raise asyncio.CancelledError from None
                 note(f"{exc}; retrying")
                 await asyncio.sleep(RECONNECT_DELAY_MAX)
-
-    async def diagnose(self) -> str:
-        """Explain a failed Engine.IO handshake: python-socketio only says
-        "Connection error", so ask the server with a plain HTTP request."""
-        probe = urlunsplit(urlsplit(self.url)._replace(
-            path="/socket.io/", query="EIO=4&transport=polling"))
-        try:
-            async with self.http.get(probe, timeout=aiohttp.ClientTimeout(total=3)) as r:
-                status = r.status
-        except aiohttp.ClientConnectorError as exc:
-            return f"cannot reach {self.url}: {os_reason(exc.os_error)}"
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return f"cannot reach {self.url}: {printable(exc) or type(exc).__name__}"
-        if status != 200:
-            return f"{self.url} is not a chat server (HTTP {status} for {probe})"
-        if "websocket" in self.transports:
-            return f"{self.url} answers but refused the WebSocket connection (try --polling)"
-        return f"{self.url} answers but the Socket.IO handshake failed"
 
     async def request(self, event: str, payload: dict, timeout: float):
         """Emit ``event`` and return its acknowledgement."""
@@ -247,14 +255,18 @@ class Connection:
         except socketio.exceptions.TimeoutError:
             raise ClientError(f"no answer from {self.server} within {timeout:g} s") from None
 
-    async def echoed(self, message_id: str, timeout: float) -> bool:
-        """Wait until the room has relayed ``message_id`` back to us."""
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Wait (a little) until the room has relayed our last message back.
+
+        Through Redis our own message can arrive after its acknowledgement;
+        leaving the room or the program first would drop it from the
+        transcript.
+        """
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while message_id not in self.seen_ids:
+                while self.last_sent and self.last_sent not in self.seen_ids:
                     self.arrived.clear()
                     await self.arrived.wait()
-        return message_id in self.seen_ids
 
     async def close(self) -> None:
         self.closing = True
@@ -316,25 +328,24 @@ async def chat(args) -> int:
         note(f"in [{conn.room}] on {conn.server} as {conn.name}; "
              "/join ROOM to move, /quit to leave")
         keeper = asyncio.ensure_future(conn.stay_connected())
-        last_id = None
         try:
             while (line := await lines.get()) is not None and line.strip() != "/quit":
-                last_id = await handle_line(conn, line.strip(), args.timeout) or last_id
+                await handle_line(conn, line.strip(), args.timeout)
+            await conn.settle()
         finally:
             keeper.cancel()
-        if line is None and last_id:
-            # Input ended (a pipe, usually): let our last message come back
-            # from the room before leaving, so the transcript is complete.
-            await conn.echoed(last_id, timeout=2)
     return 0
 
 
-async def handle_line(conn: Connection, line: str, timeout: float) -> str | None:
-    """Act on one typed line; return the id of a message the room accepted."""
+async def handle_line(conn: Connection, line: str, timeout: float) -> None:
+    """Act on one typed line: a command, or a message for the room."""
     if not line:
-        return None
+        return
     try:
         if line.startswith("/join"):
+            # Our last message is relayed to the room we are in when it
+            # arrives; wait for it so the transcript keeps it.
+            await conn.settle()
             room = line.removeprefix("/join").strip()
             ack = await conn.request("join", {"room": room}, timeout)
             error = ack_error(ack)
@@ -347,12 +358,11 @@ async def handle_line(conn: Connection, line: str, timeout: float) -> str | None
             ack = await conn.request("message", {"text": line.removeprefix("/")}, timeout)
             error = ack_error(ack)
             if not error:
-                return ack.get("id")
+                conn.last_sent = ack.get("id")
     except ClientError as exc:
         error = str(exc)
     if error:
         note(f"! {error}")
-    return None
 
 
 def stdin_lines() -> asyncio.Queue:

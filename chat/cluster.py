@@ -57,10 +57,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# NGINX lives in sbin, which a non-root user's PATH often lacks.
+SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin")
+
+
 def find_binary(name: str) -> str:
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}") if os.access(p, os.X_OK)),
-        None)
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    path = shutil.which(name, path=search)
     if path is None:
         raise ClusterError(f"{name} not found: {INSTALL_HINTS[name]}")
     return path
@@ -391,6 +394,7 @@ class LocalCluster:
     def render_nginx(self) -> Path:
         run_dir = self.state_dir / "nginx"
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         mime = next((m for m in MIME_TYPES if Path(m).exists()), None)
         values = {
             "CHAT_RUN_DIR": str(run_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import socketio
@@ -18,3 +19,4 @@ MANAGER = web.AppKey("manager", Observed)
 SIO = web.AppKey("sio", socketio.AsyncServer)
 NAMESPACE = web.AppKey("namespace", ChatNamespace)
 LOGGER = web.AppKey("logger", logging.Logger)
+CONNECTIONS = web.AppKey("connections", set[asyncio.Transport])  # live Socket.IO requests

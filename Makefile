@@ -1,0 +1,90 @@
+# One command to run the chat (make up), one to test it (make test);
+# everything else they need is done here.
+#
+# With a Docker engine, up/down/scale/logs/ps drive compose.yaml; without one,
+# the same topology runs as local processes through chat-cluster.  Force
+# either way with DOCKER=yes or DOCKER=no.
+
+N ?= 3
+MODE ?= socketio
+PORT ?= 8080
+REDIS_URL ?=
+PYTHON ?= python3
+PYTEST_ARGS ?=
+RUN_PORT ?= 8000
+
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUNDLE := web/vendor/socket.io.min.js
+DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
+COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
+CLUSTER := $(BIN)/chat-cluster
+
+.PHONY: install run up down scale ps logs test test-fast lint screenshot bench chaos clean
+
+install: $(STAMP) $(BUNDLE)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or newer"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed ($(PYTHON) is older)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: install python3-venv"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+$(BUNDLE): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm (Debian/Ubuntu: apt-get install npm)"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p web/vendor
+	cp node_modules/socket.io-client/dist/socket.io.min.js $@
+
+# One replica in the foreground, in-memory (set REDIS_URL to use Redis).
+run: install
+	REDIS_URL=$(REDIS_URL) $(BIN)/python -m chat --port $(RUN_PORT)
+
+ifeq ($(DOCKER),yes)
+up:
+	$(COMPOSE) up -d --build --wait --scale server=$(N)
+	@echo "chat is up at http://localhost:$(PORT)/ ($(N) replicas, mode $(MODE))"
+	@$(COMPOSE) ps
+down:
+	$(COMPOSE) down --remove-orphans
+scale:
+	$(COMPOSE) up -d --wait --no-recreate --scale server=$(N)
+	$(COMPOSE) exec nginx nginx -s reload
+	@$(COMPOSE) ps
+ps:
+	$(COMPOSE) ps
+logs:
+	$(COMPOSE) logs -f
+else
+up: install
+	$(CLUSTER) up --replicas $(N) --mode $(MODE) --port $(PORT) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
+down:
+	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down; else echo "chat is down"; fi
+scale: install
+	$(CLUSTER) scale $(N)
+ps: install
+	$(CLUSTER) ps
+logs: install
+	$(CLUSTER) logs -f
+endif
+
+# The whole suite: real Redis, NGINX, replicas and Chromium.
+test: install
+	$(BIN)/ruff check chat tests
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Without the slow groups (cluster, browser, failures).
+test-fast: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check chat tests
+
+screenshot: install
+	SCREENSHOT_OUT=docs/screenshot.png $(BIN)/pytest -q tests/test_browser.py -k screenshot
+
+clean:
+	rm -rf $(VENV) node_modules web/vendor .run test-artifacts .pytest_cache

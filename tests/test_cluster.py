@@ -1,0 +1,158 @@
+"""The cluster through NGINX only: stickiness, spreading, scaling, down.
+
+Everything here runs the local-process topology through ``chat.cluster``,
+the code behind ``make up`` when there is no Docker engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from chat.cluster import NGINX_TEMPLATE, ROOT, LocalCluster, Replica, alive, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_clients_spread_over_replicas_and_chat_crosses_them(cluster_factory, mode,
+                                                                  connect):
+    cluster = cluster_factory(replicas=3, mode=mode)
+    clients = await asyncio.gather(*(connect(cluster.url, f"user{i}") for i in range(30)))
+    spread = Counter(c.server for c in clients)
+    assert set(spread) == {"replica-1", "replica-2", "replica-3"}, spread
+
+    ack = await clients[0].send("through nginx")
+    assert ack["ok"]
+    for client in clients:
+        await client.wait_for(lambda client=client: "through nginx" in client.texts())
+
+
+async def test_long_polling_client_stays_on_one_replica(shared_clusters, connect):
+    cluster = shared_clusters(replicas=3, mode="pubsub")
+    poller = await connect(cluster.url, "poller", transports=("polling",))
+    others = await asyncio.gather(*(connect(cluster.url, f"ws{i}") for i in range(6)))
+    for i in range(5):
+        assert (await poller.send(f"poll {i}"))["ok"]
+        assert (await others[i].send(f"ws {i}"))["ok"]
+    expected = [t for i in range(5) for t in (f"poll {i}", f"ws {i}")]
+    await poller.wait_for(lambda: poller.texts() == expected)
+    assert poller.disconnects == []
+
+
+async def test_scale_up_and_down_keeps_survivors_connected(cluster_factory, connect):
+    cluster = cluster_factory(replicas=3, mode="socketio")
+    first = await asyncio.gather(*(connect(cluster.url, f"first{i}") for i in range(24)))
+    survivor = next(c for c in first if c.server == "replica-1")
+
+    await asyncio.to_thread(cluster.scale, 5)  # the clients stay responsive meanwhile
+    assert [r.server_id for r in cluster.replicas] == [f"replica-{i}" for i in range(1, 6)]
+    later = await asyncio.gather(*(connect(cluster.url, f"later{i}") for i in range(40)))
+    assert {"replica-4", "replica-5"} <= {c.server for c in later}
+    assert (await later[0].send("after scale up"))["ok"]
+    await survivor.wait_for(lambda: "after scale up" in survivor.texts())
+
+    leaving = [r.pid for r in cluster.replicas[2:]]
+    await asyncio.to_thread(cluster.scale, 2)
+    assert not any(alive(pid) for pid in leaving)
+    newest = await asyncio.gather(*(connect(cluster.url, f"newest{i}") for i in range(12)))
+    assert {c.server for c in newest} <= {"replica-1", "replica-2"}
+    assert (await newest[0].send("after scale down"))["ok"]
+    await survivor.wait_for(lambda: "after scale down" in survivor.texts())
+    assert survivor.disconnects == []
+
+
+def test_cli_up_ps_scale_down_leaves_nothing_behind(tmp_path):
+    state = tmp_path / "run"
+    port = free_port()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "chat.cluster", "--state-dir", str(state),
+                               *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    try:
+        up = cli("up", "--replicas", "3", "--port", str(port))
+        assert up.returncode == 0, up.stderr
+        assert f"http://localhost:{port}/" in up.stdout
+        assert up.stdout.count(" ready") == 3
+        cluster = LocalCluster(state)
+        pids = [r.pid for r in cluster.replicas] + [cluster.nginx_pid, cluster.redis.pid]
+        ports = [r.port for r in cluster.replicas] + [port, cluster.redis.port]
+        assert all(alive(pid) for pid in pids) and all(listening(p) for p in ports)
+
+        again = cli("up", "--port", str(free_port()))
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        scaled = cli("scale", "4")
+        assert scaled.returncode == 0 and "replica-4" in scaled.stdout
+        pids.append(LocalCluster(state).replica("replica-4").pid)
+        ports.append(LocalCluster(state).replica("replica-4").port)
+
+        down = cli("down")
+        assert down.returncode == 0
+        assert not [pid for pid in pids if alive(pid)]
+        assert not [p for p in ports if listening(p)]
+        assert "no cluster is running" in cli("ps").stdout
+    finally:
+        LocalCluster(state).down()
+
+
+def test_missing_nginx_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    import chat.cluster
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(chat.cluster, "SBIN_DIRS", ())
+    assert chat.cluster.main(["--state-dir", str(tmp_path / "run"), "up"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "chat-cluster: nginx not found: install NGINX (Debian/Ubuntu: apt-get install nginx; "
+        "macOS: brew install nginx)"]
+
+
+# -- static checks of what cannot run here -----------------------------------
+
+def test_rendered_nginx_conf_passes_nginx_t(tmp_path):
+    cluster = LocalCluster(tmp_path / "run")  # nothing is started: render and check
+    cluster.port = free_port()
+    cluster.replicas = [Replica(f"replica-{i}", free_port()) for i in (1, 2, 3)]
+    cluster.check_nginx()  # raises ClusterError with nginx's words on failure
+    conf = (tmp_path / "run" / "nginx" / "nginx.conf").read_text()
+    assert not re.search(r"\$\{CHAT_[A-Z_]+\}", conf)
+    assert len(re.findall(r"server 127.0.0.1:\d+ max_fails=1 fail_timeout=5s;", conf)) == 3
+    assert "hash $chat_sticky_key consistent" in conf
+
+
+def test_compose_file_follows_the_compose_specification():
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                             "vendor.compose-spec", str(ROOT / "compose.yaml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_sets_every_nginx_placeholder():
+    placeholders = set(re.findall(r"\$\{(CHAT_[A-Z_]+)\}", NGINX_TEMPLATE.read_text()))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    web_stage = dockerfile.split("AS web", 1)[1].split("FROM ", 1)[0]
+    assert placeholders == set(re.findall(r"\b(CHAT_[A-Z_]+)=", web_stage))
+
+
+def test_compose_keeps_redis_private_and_scales_the_server():
+    from ruamel.yaml import YAML  # comes with check-jsonschema
+
+    compose = YAML(typ="safe").load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert "ports" not in services["redis"]
+    assert services["server"]["environment"]["REDIS_MODE"] == "${REDIS_MODE:-socketio}"
+    assert services["server"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["nginx"]["depends_on"]["server"]["condition"] == "service_healthy"
+    assert services["nginx"]["ports"] == ["${CHAT_PORT:-8080}:8080"]
