@@ -92,38 +92,57 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def alive(pid: int | None) -> bool:
+    """Is the process group led by ``pid`` (a process and its children) alive?
+
+    Every process here is started as the leader of its own session and
+    group, so the group also covers gunicorn's worker after its master died.
+    """
     if not pid:
         return False
     _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by us) is not alive.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: ask the kernel about the group
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
             return False
-    return True
+        except PermissionError:
+            return True
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+            # fields[0] is the state, fields[2] the process group
+            if int(fields[2]) == pid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    """SIGKILL goes to the whole group (nothing may survive it); any other
+    signal to the leader, which passes it on in its own way (gunicorn's
+    master tells its worker to drain)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if sig == signal.SIGKILL:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
 
 
 def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
     """Send ``sig`` to each; SIGKILL what is left after ``grace`` seconds.
 
-    Returns once every one of them is gone.
+    Returns once every one of them, with its children, is gone.
     """
     pids = [pid for pid in pids if alive(pid)]
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        _signal(pid, sig)
     deadline = time.monotonic() + grace
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
         if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
     while any(alive(pid) for pid in pids):
         time.sleep(0.02)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ..metrics import Metrics
 from ..settings import Settings
-from .base import BackplaneUnavailable, Observed
+from .base import BackplaneUnavailable, Observed, client_name
 
 
 def create_manager(settings: Settings, metrics: Metrics, logger) -> Observed:
@@ -36,13 +36,13 @@ def create_manager(settings: Settings, metrics: Metrics, logger) -> Observed:
 
         return ManualRedisManager(
             settings.redis_url, channel=settings.redis_channel,
-            metrics=metrics, logger=logger,
+            client_name=client_name(settings.server_id), metrics=metrics, logger=logger,
         )
     from .automatic import AutomaticRedisManager
 
     return AutomaticRedisManager(
         settings.redis_url, channel=settings.redis_channel,
-        metrics=metrics, logger=logger,
+        client_name=client_name(settings.server_id), metrics=metrics, logger=logger,
     )
 
 

@@ -10,7 +10,9 @@ keep its behaviour as shipped and only watch it:
   turn that into :class:`BackplaneUnavailable` so the sender's ack can say
   the message reached only this replica;
 * each (re)connection it makes is counted and logged;
-* readiness is read from its subscription connection and a PING.
+* readiness asks Redis itself whether this process's named connection is
+  among its subscribers (CLIENT LIST TYPE pubsub): the library replaces its
+  pubsub object on reconnects, so its own attributes cannot be trusted.
 
 What it does not let us change is the listener's reconnect schedule: after a
 Redis failure it sleeps 1, 2, 4 ... up to 60 seconds between attempts, so
@@ -20,17 +22,21 @@ minute.  The manual mode (``manual.py``) exists partly to fix that.
 
 from __future__ import annotations
 
-import socketio
+import asyncio
 
-from .base import BackplaneUnavailable, Observed, ping, redis_options
+import socketio
+from redis.exceptions import RedisError
+
+from .base import BackplaneUnavailable, Observed, redis_options
 
 
 class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
     mode = "socketio"
 
-    def __init__(self, url, *, channel, metrics, logger=None):
+    def __init__(self, url, *, channel, client_name, metrics, logger=None):
         super().__init__(url, channel=channel, logger=logger,
-                         redis_options=redis_options(), metrics=metrics)
+                         redis_options=redis_options(client_name), metrics=metrics)
+        self.client_name = client_name
         self._connections = 0
 
     def _redis_connect(self):
@@ -59,11 +65,15 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
         await super()._handle_emit(message)
 
     async def ready(self):
-        conn = self.pubsub.connection if self.pubsub is not None else None
-        if conn is None or not conn.is_connected or not self.pubsub.subscribed:
+        if self.redis is None:
+            return False, "not connected to Redis yet"
+        try:
+            clients = await asyncio.wait_for(self.redis.client_list(_type="pubsub"), 1.0)
+        except (TimeoutError, OSError, RedisError):
+            return False, "Redis does not answer"
+        if not any(c.get("name") == self.client_name and int(c.get("sub", 0)) > 0
+                   for c in clients):
             return False, "not subscribed to the Redis channel"
-        if not await ping(self.redis):
-            return False, "Redis does not answer PING"
         return True, "subscribed"
 
     async def close(self):

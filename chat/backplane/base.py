@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -11,7 +13,7 @@ from redis.backoff import NoBackoff
 from ..metrics import Metrics
 
 
-def redis_options() -> dict:
+def redis_options(client_name: str) -> dict:
     """Options for the Redis connections both Redis modes open.
 
     Connecting must fail fast while Redis is down: the listeners and /readyz
@@ -21,6 +23,9 @@ def redis_options() -> dict:
     immediate retry is allowed, enough to replace a connection Redis closed.
     """
     return {
+        # Named, so that readiness can ask Redis whether our subscription is
+        # among its pub/sub clients, and so an operator can see who is who.
+        "client_name": client_name,
         "socket_connect_timeout": 1.0,
         "socket_timeout": 2.0,
         "socket_keepalive": True,
@@ -64,6 +69,12 @@ class Observed:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def client_name(server_id: str) -> str:
+    """A Redis connection name unique to this process, readable by people."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", server_id)[:40]
+    return f"chat:{safe}:{uuid.uuid4().hex[:8]}"
 
 
 async def ping(client: aioredis.Redis, timeout: float = 1.0) -> bool:

@@ -67,11 +67,11 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
     name = "chat-pubsub"
     mode = "pubsub"
 
-    def __init__(self, url, *, channel, metrics, logger=None):
+    def __init__(self, url, *, channel, client_name, metrics, logger=None):
         super().__init__(channel=channel, logger=logger, metrics=metrics)
         # One client, two uses: its pool serves PUBLISH and PING, and it
         # creates the dedicated connection of each subscription.
-        self.redis = aioredis.Redis.from_url(url, **redis_options())
+        self.redis = aioredis.Redis.from_url(url, **redis_options(client_name))
         self.subscribed = False
         self._publish_failing = False
 
