@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import socketio
 from aiohttp import web
 
 from .backplane import create_manager
@@ -21,6 +20,7 @@ from .keys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, SETTINGS, SI
 from .logs import setup_logging
 from .metrics import Metrics
 from .routes import setup_routes
+from .server import ChatServer
 from .settings import Settings, load_settings
 
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     logger = logging.getLogger("chat")
     metrics = Metrics(settings.server_id, settings.mode)
     manager = create_manager(settings, metrics, logger)
-    sio = socketio.AsyncServer(
+    sio = ChatServer(
         async_mode="aiohttp",
         client_manager=manager,
         cors_allowed_origins=_cors(settings),
@@ -39,7 +39,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
         # Run each client's events in the order they arrive, one at a time,
         # so one sender's messages are relayed in the order they were sent.
         async_handlers=False,
-        logger=logger.getChild("socketio") if settings.log_level == "DEBUG" else False,
+        # Our logger for the server's own warnings (malformed packets); the
+        # library's per-packet INFO lines are muted in chat.logs.
+        logger=logger.getChild("socketio"),
+        engineio_logger=logger.getChild("engineio"),
     )
     namespace = ChatNamespace(settings, metrics, logger)
     sio.register_namespace(namespace)

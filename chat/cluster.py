@@ -403,14 +403,27 @@ class LocalCluster:
         stop_pid(replica.pid, sig, grace=30)
 
     def restart_replica(self, server_id: str) -> None:
+        """Restart one replica without turning a client away (rolling restart).
+
+        NGINX stops sending it new clients first (graceful reload), then the
+        replica drains on SIGTERM, its clients reconnect to the others, and it
+        rejoins NGINX once healthy.  Stopping it while still listed would get
+        it marked failed for fail_timeout after it is back, and restarting
+        every replica in a row could leave NGINX with no live upstream.
+        """
         replica = self.replica(server_id)
+        proxied = bool(self.nginx_pid)
+        if proxied:
+            self._reload_nginx(leaving=server_id)
         stop_pid(replica.pid)
         self.start_replica(replica)
         self._save()
         self.wait_replica(replica)
+        if proxied:
+            self._reload_nginx()
 
     # -- nginx ----------------------------------------------------------
-    def render_nginx(self) -> Path:
+    def render_nginx(self, leaving: str | None = None) -> Path:
         run_dir = self.state_dir / "nginx"
         run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -421,7 +434,8 @@ class LocalCluster:
             "CHAT_ACCESS_LOG": str(self.logs / "nginx-access.log"),
             "CHAT_LISTEN": f"127.0.0.1:{self.port}",
             "CHAT_WEB_ROOT": str(ROOT / "web"),
-            "CHAT_UPSTREAM_SERVERS": upstream_lines([r.port for r in self.replicas]),
+            "CHAT_UPSTREAM_SERVERS": upstream_lines(
+                [r.port for r in self.replicas if r.server_id != leaving]),
         }
         conf = run_dir / "nginx.conf"
         conf.write_text(render_nginx(NGINX_TEMPLATE.read_text(), values))
@@ -430,9 +444,9 @@ class LocalCluster:
     def _nginx_argv(self, nginx: str, conf: Path) -> list[str]:
         return [nginx, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"]
 
-    def check_nginx(self, nginx: str | None = None) -> None:
+    def check_nginx(self, nginx: str | None = None, leaving: str | None = None) -> None:
         nginx = nginx or find_binary("nginx")
-        conf = self.render_nginx()
+        conf = self.render_nginx(leaving)
         result = subprocess.run([*self._nginx_argv(nginx, conf), "-t", "-q"],
                                 capture_output=True, text=True)
         if result.returncode != 0:
@@ -446,9 +460,9 @@ class LocalCluster:
         wait_until(lambda: http_ok(f"{self.url}/nginx-health"), 10,
                    f"nginx on port {self.port}", self.logs / "nginx.log", self.nginx_pid)
 
-    def _reload_nginx(self) -> None:
+    def _reload_nginx(self, leaving: str | None = None) -> None:
         """Graceful reload: old workers keep their connections until they close."""
-        self.check_nginx()
+        self.check_nginx(leaving=leaving)
         os.kill(self.nginx_pid, signal.SIGHUP)
         time.sleep(0.3)  # the master re-reads the config and starts new workers
         wait_until(lambda: http_ok(f"{self.url}/nginx-health"), 10, "nginx reload",

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import socketio
 from aiohttp import web
 
 from .backplane import Observed
 from .events import ChatNamespace
 from .metrics import Metrics
+from .server import ChatServer
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 MANAGER = web.AppKey("manager", Observed)
-SIO = web.AppKey("sio", socketio.AsyncServer)
+SIO = web.AppKey("sio", ChatServer)
 NAMESPACE = web.AppKey("namespace", ChatNamespace)
 LOGGER = web.AppKey("logger", logging.Logger)
 CONNECTIONS = web.AppKey("connections", set[asyncio.Transport])  # live Socket.IO requests

@@ -16,6 +16,7 @@ def setup_logging(settings: Settings) -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     # The libraries' per-packet INFO lines would drown ours.
-    for noisy in ("socketio", "engineio", "aiohttp.access"):
+    for noisy in ("socketio", "engineio", "aiohttp.access", "chat.socketio",
+                  "chat.engineio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return logging.getLogger("chat")

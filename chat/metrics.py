@@ -7,11 +7,14 @@ process), and every series carries the replica's ``server`` id and backplane
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -55,5 +58,17 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         ).labels(*values)
 
+        # Leak watch: process_resident_memory_bytes & co., and live tasks.
+        ProcessCollector(registry=self.registry)
+        Gauge("chat_asyncio_tasks", "asyncio tasks alive in this replica",
+              registry=self.registry).set_function(_task_count)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop
+        return 0

@@ -18,11 +18,11 @@ from chat.cluster import LocalCluster, RedisProcess, free_port
 
 @pytest.fixture
 def redis_factory(tmp_path):
-    """Return ``create(password=None)`` starting a redis-server on a free port."""
+    """Return ``create(password=None, port=None)`` starting a redis-server."""
     started: list[RedisProcess] = []
 
-    def create(password: str | None = None) -> RedisProcess:
-        redis = RedisProcess(port=free_port(), log=tmp_path / f"redis-{len(started)}.log",
+    def create(password: str | None = None, port: int | None = None) -> RedisProcess:
+        redis = RedisProcess(port=port or free_port(), log=tmp_path / f"redis-{len(started)}.log",
                              password=password)
         started.append(redis)
         redis.start()
@@ -98,10 +98,13 @@ def mode(request) -> str:
 class ChatClient:
     """A Socket.IO client that records what it receives, for assertions."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, reconnect: bool = False):
         self.name = name
-        self.sio = socketio.AsyncClient(reconnection=False)
+        # Reconnecting clients use the page's and chat-client's settings.
+        self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.5,
+                                        reconnection_delay_max=2, randomization_factor=0.2)
         self.welcome: dict = {}
+        self.welcomes: list[dict] = []
         self.messages: list[dict] = []
         self.system: list[dict] = []
         self.typing: list[dict] = []
@@ -109,7 +112,7 @@ class ChatClient:
         self.disconnects: list = []
         self._changed = asyncio.Event()
         sio = self.sio
-        sio.on("welcome", self._record(lambda d: self.welcome.update(d)))
+        sio.on("welcome", self._record(self._welcomed))
         sio.on("message", self._record(self.messages.append))
         sio.on("system", self._record(self.system.append))
         sio.on("typing", self._record(self.typing.append))
@@ -121,6 +124,10 @@ class ChatClient:
             store(data)
             self._changed.set()
         return handler
+
+    def _welcomed(self, data: dict) -> None:
+        self.welcome = data
+        self.welcomes.append(data)
 
     @property
     def server(self) -> str:
@@ -159,18 +166,15 @@ class ChatClient:
 
 @pytest.fixture
 async def connect():
-    """Return ``await connect(url, name, room=None, ...)``; all disconnected after."""
+    """Return ``await connect(url, name, room=None, reconnect=False, ...)``.
+
+    Every client is disconnected at teardown."""
     clients: list[ChatClient] = []
 
-    async def create(url: str, name: str, **kwargs) -> ChatClient:
-        client = ChatClient(name)
+    async def create(url: str, name: str, reconnect: bool = False, **kwargs) -> ChatClient:
+        client = ChatClient(name, reconnect=reconnect)
         clients.append(client)
         return await client.connect(url, **kwargs)
 
     yield create
     await asyncio.gather(*(c.sio.disconnect() for c in clients), return_exceptions=True)
-
-
-async def spread(connect, urls: list[str], names: list[str], **kwargs) -> list[ChatClient]:
-    """Connect one client per name, the i-th to ``urls[i % len(urls)]``."""
-    return [await connect(urls[i % len(urls)], name, **kwargs) for i, name in enumerate(names)]

@@ -1,0 +1,678 @@
+"""chat-chaos: break the cluster under a steady chat load, and count what got through.
+
+How a run goes:
+
+1. **Cluster.**  Bring up Redis, ``--replicas`` replicas (``--mode``) and
+   NGINX with :class:`chat.cluster.LocalCluster` in a state folder of its own
+   (temporary unless ``--state-dir`` is given), and wait until every replica
+   answers ``/readyz``.  Whatever happens next, the cluster is torn down at
+   the end (``finally``; Ctrl-C and SIGTERM included).  With ``--url`` it
+   uses a cluster that is already running instead, cannot break anything,
+   and runs the ``steady`` phase only.
+2. **Clients.**  ``--clients`` Socket.IO clients connect through NGINX
+   (WebSocket only, each with its own ``?sticky=`` key, reconnecting after
+   0.5 s doubling to 2 s), all to one room.  Each records every ``welcome``
+   (the replica it landed on), every disconnection and every message.
+3. **Load.**  The first ``--senders`` clients send ``--rate`` messages per
+   second each, open loop: on a fixed schedule, never waiting for an earlier
+   acknowledgement.  Each text is a stamp: run id, sender, sequence number,
+   phase, send time.  A sender records each message's acknowledgement: ok,
+   an error (its text), or none at all.  A sender that is reconnecting at
+   its turn cannot send; that attempt is counted as ``not sent``.
+4. **Phases.**  Each phase first does its damage, then lasts ``--phase``
+   seconds; a message belongs to the phase during which it was *sent*,
+   including while the damage was being done:
+
+   ``steady``          nothing broken: the baseline
+   ``redis-down``      Redis is stopped (SIGTERM)
+   ``redis-back``      Redis is started again on the same port
+   ``replica-killed``  the replica holding the most clients gets SIGKILL
+   ``recovered``       that replica is restarted; the phase starts counting
+                       once it answers its health check
+
+5. **Drain and report.**  After the last phase, sending stops; the run
+   waits until deliveries and acknowledgements have been quiet for a second
+   (at most ``--drain`` seconds), disconnects, and prints a table per phase
+   (or one JSON object with ``--json``).
+
+What the columns mean (all per phase of sending):
+
+* ``sent``: messages handed to the client library; ``not sent``: attempts
+  while the sender was disconnected (it knew at once, nothing left it).
+* ``ok`` / ``error`` / ``no ack``: how the server answered each sent message.
+* ``expected``: sent x all clients.  Every client stays in the room for the
+  whole run and the sender receives its own messages too, so this is what a
+  user would call "everybody saw everything".  Counting only the clients
+  connected at send time would hide exactly the losses a reconnection
+  causes, so they are counted, and then told apart:
+* ``lost`` = expected - delivered, where ``delivered`` counts each
+  (receiver, message) pair once; ``lost offline`` is the part whose receiver
+  was between a disconnection and its next ``welcome`` when the message was
+  sent (no history yet: such a client can never get it), the rest was lost
+  while the receiver was connected; ``silent`` is the part of that rest
+  whose sender was told ``ok``: nobody was warned of those.
+* ``dup``: deliveries of a message a receiver had already received.
+* ``reconn``: reconnections (a ``welcome`` after the first) that happened
+  during the phase; ``offline max``: the longest gap between a client's
+  disconnection and its next ``welcome`` that began in the phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import aiohttp
+import socketio
+
+from .bench import http_url, latency_summary, send_times
+from .client import ack_error, refusal_reason, sticky_url
+from .cluster import ClusterError, LocalCluster, free_port
+
+PHASES = ("steady", "redis-down", "redis-back", "replica-killed", "recovered")
+STAMP_MARK = "chaos1"
+RECONNECT_DELAY = 0.5
+RECONNECT_DELAY_MAX = 2.0
+# Deliveries and acks must pause this long, after sending stops, before the
+# run decides nothing more is on its way.
+QUIET = 1.0
+READY_TIMEOUT = 20.0
+
+
+class ChaosError(Exception):
+    """A failure to show as one line on stderr."""
+
+
+def note(text: str) -> None:
+    print(f"chat-chaos: {text}", file=sys.stderr, flush=True)
+
+
+# -- stamps ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    run_id: str
+    sender: int
+    seq: int
+    phase: str
+    sent_ns: int
+
+
+def encode_stamp(stamp: Stamp) -> str:
+    return (f"{STAMP_MARK} {stamp.run_id} {stamp.sender} {stamp.seq} "
+            f"{stamp.phase} {stamp.sent_ns}")
+
+
+def decode_stamp(text, run_id: str) -> Stamp | None:
+    """The stamp in a message text, or None if it is not one of this run's."""
+    if not isinstance(text, str) or not text.startswith(STAMP_MARK):
+        return None
+    parts = text.split()
+    if len(parts) != 6 or parts[0] != STAMP_MARK or parts[1] != run_id:
+        return None
+    try:
+        return Stamp(parts[1], int(parts[2]), int(parts[3]), parts[4], int(parts[5]))
+    except ValueError:
+        return None
+
+
+# -- what the clients record -----------------------------------------------------
+
+NOT_SENT = "not sent"  # an outcome: the sender was disconnected at its turn
+
+
+@dataclasses.dataclass
+class Sent:
+    """One message a sender tried to send."""
+
+    sender: int
+    seq: int
+    phase: str
+    sent_at: float  # epoch seconds
+    outcome: str | None = None  # None: no ack (yet); "ok"; NOT_SENT; or the error text
+
+
+@dataclasses.dataclass
+class Receiver:
+    """What one client saw: its connections and the messages it received."""
+
+    index: int
+    # (welcome time, replica), in order; the first one is the initial connection.
+    welcomes: list[tuple[float, str]] = dataclasses.field(default_factory=list)
+    disconnects: list[float] = dataclasses.field(default_factory=list)
+    # (sender, seq) -> time of the first delivery; then how many came again.
+    first_seen: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)
+    repeats: Counter = dataclasses.field(default_factory=Counter)
+
+    def online(self) -> list[tuple[float, float]]:
+        """The spans during which this client was connected (welcome to disconnect)."""
+        spans, events = [], sorted(
+            [(t, 1) for t, _ in self.welcomes] + [(t, 0) for t in self.disconnects])
+        since = None
+        for t, up in events:
+            if up and since is None:
+                since = t
+            elif not up and since is not None:
+                spans.append((since, t))
+                since = None
+        if since is not None:
+            spans.append((since, math.inf))
+        return spans
+
+    def offline_gaps(self) -> list[tuple[float, float]]:
+        """(disconnection, next welcome or inf) for every disconnection."""
+        gaps = []
+        for lost in self.disconnects:
+            back = next((t for t, _ in self.welcomes if t > lost), math.inf)
+            gaps.append((lost, back))
+        return gaps
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSpan:
+    name: str
+    start: float  # epoch seconds: when the phase's damage began
+    ready: float  # when the damage was done and the phase's --phase seconds began
+    end: float  # when the next phase began, or sending stopped
+    event: str
+
+
+# -- the report (pure) -----------------------------------------------------------
+
+def phase_at(spans: Sequence[PhaseSpan], t: float) -> str:
+    """The phase under way at ``t``; after the last one, the last one (the drain)."""
+    current = spans[0].name
+    for span in spans:
+        if t >= span.start:
+            current = span.name
+    return current
+
+
+def connected_at(spans: Sequence[tuple[float, float]], t: float) -> bool:
+    return any(start <= t < end for start, end in spans)
+
+
+def summarize(spans: Sequence[PhaseSpan], sends: Iterable[Sent],
+              receivers: Sequence[Receiver]) -> dict:
+    """Per-phase counts and their totals (see the module docstring)."""
+    names = [span.name for span in spans]
+    rows = {name: Counter() for name in names}
+    errors = {name: Counter() for name in names}
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    offline_max = dict.fromkeys(names, 0.0)
+    online = [r.online() for r in receivers]
+    clients = len(receivers)
+
+    for msg in sends:
+        row = rows[msg.phase]
+        if msg.outcome == NOT_SENT:
+            row["not_sent"] += 1
+            continue
+        row["sent"] += 1
+        if msg.outcome is None:
+            row["no_ack"] += 1
+        elif msg.outcome == "ok":
+            row["acked_ok"] += 1
+        else:
+            row["acked_error"] += 1
+            errors[msg.phase][msg.outcome] += 1
+        row["expected"] += clients
+        key = (msg.sender, msg.seq)
+        for receiver, spans_on in zip(receivers, online, strict=True):
+            arrived = receiver.first_seen.get(key)
+            if arrived is not None:
+                row["delivered"] += 1
+                latencies[msg.phase].append((arrived - msg.sent_at) * 1000)
+            elif connected_at(spans_on, msg.sent_at):
+                row["lost_online"] += 1
+                if msg.outcome == "ok":
+                    row["lost_silently"] += 1
+            else:
+                row["lost_offline"] += 1
+            row["duplicated"] += receiver.repeats.get(key, 0)
+
+    for receiver in receivers:
+        for t, _ in receiver.welcomes[1:]:
+            rows[phase_at(spans, t)]["reconnections"] += 1
+        for lost, back in receiver.offline_gaps():
+            phase = phase_at(spans, lost)
+            rows[phase]["disconnections"] += 1
+            offline_max[phase] = max(offline_max[phase], back - lost)
+
+    fields = ("sent", "not_sent", "acked_ok", "acked_error", "no_ack", "expected",
+              "delivered", "lost", "lost_online", "lost_offline", "lost_silently", "duplicated",
+              "disconnections", "reconnections")
+    phases = []
+    for span in spans:
+        row = rows[span.name]
+        row["lost"] = row["lost_online"] + row["lost_offline"]
+        phases.append({
+            "name": span.name,
+            "event": span.event,
+            "started_s": round(span.start - spans[0].start, 3),
+            "duration_s": round(span.end - span.start, 3),
+            **{field: row[field] for field in fields},
+            "delivery_ratio": row["delivered"] / row["expected"] if row["expected"] else None,
+            "ack_errors": dict(errors[span.name].most_common()),
+            "latency_ms": latency_summary(latencies[span.name]),
+            "offline_max_s": None if not offline_max[span.name] else (
+                round(offline_max[span.name], 3)
+                if math.isfinite(offline_max[span.name]) else "never back"),
+        })
+    totals = {field: sum(p[field] for p in phases) for field in fields}
+    totals["delivery_ratio"] = (totals["delivered"] / totals["expected"]
+                                if totals["expected"] else None)
+    return {"phases": phases, "totals": totals}
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def format_report(report: dict) -> str:
+    header = (f"{report['clients']} clients in one room through {report['url']}, "
+              f"{report['senders']} senders x {report['rate']:g} msg/s, "
+              f"phases of {report['phase_s']:g} s")
+    if report["mode"]:
+        header = f"mode {report['mode']}, {report['replicas']} replicas; " + header
+    start = ", ".join(f"{k} {v}" for k, v in report["clients_per_replica"]["start"].items())
+    end = ", ".join(f"{k} {v}" for k, v in report["clients_per_replica"]["end"].items())
+    columns = ("phase", "secs", "sent", "ok", "error", "no ack", "not sent", "expected",
+               "delivered", "lost", "offline", "silent", "dup", "reconn", "p50 ms", "max ms")
+    table = [columns]
+    for p in [*report["phases"], {"name": "total", **report["totals"]}]:
+        lat = p.get("latency_ms") or {}
+        table.append((
+            p["name"], f"{p['duration_s']:.1f}" if "duration_s" in p else "",
+            p["sent"], p["acked_ok"], p["acked_error"], p["no_ack"], p["not_sent"],
+            p["expected"], f"{p['delivered']} {_ratio(p['delivery_ratio'])}",
+            p["lost"], p["lost_offline"], p["lost_silently"], p["duplicated"],
+            p["reconnections"],
+            _num(lat.get("p50")), _num(lat.get("max"))))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(columns))]
+    lines = [header, f"clients per replica: at start {start or '-'}; at end {end or '-'}", ""]
+    for row in table:
+        cells = [str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells))
+    lines.append("")
+    for p in report["phases"]:
+        detail = p["event"]
+        if p["offline_max_s"] is not None:
+            detail += f"; longest reconnection {p['offline_max_s']} s"
+        for text, n in p["ack_errors"].items():
+            detail += f"; {n}x error {text!r}"
+        lines.append(f"{p['name']:<15} {detail}")
+    lines.append("")
+    lines.append("expected = sent x all clients; lost = expected - delivered (each receiver "
+                 "counted once per message); of the lost: 'offline' while the receiver was "
+                 "reconnecting, 'silent' while it was connected and the sender's ack said ok; "
+                 "dup = repeated deliveries")
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+# -- the clients -----------------------------------------------------------------
+
+class Member:
+    """One client of the room: a reconnecting Socket.IO connection that records."""
+
+    def __init__(self, run: Chaos, index: int, http: aiohttp.ClientSession):
+        self.run = run
+        self.index = index
+        self.log = Receiver(index)
+        self.server: str | None = None
+        self.refusal: str | None = None
+        self.closing = False
+        self.welcomed = asyncio.Event()
+        self.sio = socketio.AsyncClient(
+            reconnection=True, reconnection_attempts=0,
+            reconnection_delay=RECONNECT_DELAY, reconnection_delay_max=RECONNECT_DELAY_MAX,
+            # python-socketio adds up to +-factor seconds to every delay
+            randomization_factor=0.25,
+            handle_sigint=False, http_session=http)
+        self.sio.on("welcome", self._on_welcome)
+        self.sio.on("message", self._on_message)
+        self.sio.on("connect_error", self._on_connect_error)
+        self.sio.on("disconnect", self._on_disconnect)
+
+    def _on_welcome(self, welcome):
+        self.server = str(welcome.get("server", "?"))
+        self.log.welcomes.append((time.time(), self.server))
+        if len(self.log.welcomes) > 1:
+            self.run.activity()
+        self.welcomed.set()
+
+    def _on_connect_error(self, data=None):
+        self.refusal = refusal_reason(data)
+
+    def _on_disconnect(self, reason=None):
+        if not self.closing:
+            self.log.disconnects.append(time.time())
+
+    def _on_message(self, event):
+        stamp = decode_stamp(event.get("text") if isinstance(event, dict) else None,
+                             self.run.run_id)
+        if stamp is None:
+            return
+        key = (stamp.sender, stamp.seq)
+        if key in self.log.first_seen:
+            self.log.repeats[key] += 1
+        else:
+            self.log.first_seen[key] = time.time()
+        self.run.activity()
+
+    async def open(self, url: str, room: str) -> None:
+        try:
+            await self.sio.connect(sticky_url(url), auth={"name": f"chaos-{self.index}",
+                                                          "room": room},
+                                   transports=["websocket"], wait_timeout=10)
+        except socketio.exceptions.ConnectionError as exc:
+            why = self.refusal or str(exc)
+            raise ChaosError(f"client {self.index} could not connect to {url}: {why}") from None
+        async with asyncio.timeout(10):
+            await self.welcomed.wait()
+
+    async def close(self) -> None:
+        self.closing = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.sio.disconnect()
+
+
+# -- the run ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    replicas: int
+    mode: str
+    clients: int
+    senders: int
+    rate: float
+    phase: float
+    drain: float
+    url: str | None  # an external cluster: steady phase only
+
+
+class Chaos:
+    """Connects the clients, sends, breaks the cluster phase by phase, reports."""
+
+    def __init__(self, options: Options, cluster: LocalCluster | None, url: str):
+        self.options = options
+        self.cluster = cluster
+        self.url = url
+        self.run_id = secrets.token_hex(3)
+        self.room = f"chaos-{self.run_id}"
+        self.phase = PHASES[0]
+        self.sends: list[Sent] = []
+        self.members: list[Member] = []
+        self.spans: list[PhaseSpan] = []
+        self.stop_sending = asyncio.Event()
+        self.last_activity = time.monotonic()
+        self.victim: str | None = None
+        self.victim_held = 0
+
+    def activity(self) -> None:
+        self.last_activity = time.monotonic()
+
+    async def run(self) -> dict:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            if self.cluster is not None:
+                await self.wait_ready(http)
+            self.members = [Member(self, i, http) for i in range(self.options.clients)]
+            senders: list[asyncio.Task] = []
+            try:
+                await asyncio.gather(*(m.open(self.url, self.room) for m in self.members))
+                at_start = self.clients_per_replica()
+                note(f"{len(self.members)} clients connected ({_spread(at_start)})")
+                start = time.monotonic() + 0.1
+                senders = [asyncio.create_task(self.send_loop(m, start))
+                           for m in self.members[:self.options.senders]]
+                await self.conduct(http)
+                self.stop_sending.set()
+                await asyncio.gather(*senders)
+                await self.drain()
+            finally:
+                self.stop_sending.set()
+                for task in senders:
+                    task.cancel()
+                await asyncio.gather(*senders, return_exceptions=True)
+                at_end = self.clients_per_replica()
+                await asyncio.gather(*(m.close() for m in self.members))
+        return self.report(at_start, at_end)
+
+    async def wait_ready(self, http: aiohttp.ClientSession) -> None:
+        """Every replica subscribed to Redis: otherwise the baseline would lose."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        for replica in self.cluster.replicas:
+            while not await _answers(http, f"{replica.url}/readyz"):
+                if time.monotonic() > deadline:
+                    raise ChaosError(f"{replica.server_id} not ready after "
+                                     f"{READY_TIMEOUT:g} s")
+                await asyncio.sleep(0.1)
+
+    def clients_per_replica(self) -> dict[str, int]:
+        held = Counter(m.server for m in self.members if m.sio.connected and m.server)
+        return dict(sorted(held.items()))
+
+    async def conduct(self, http: aiohttp.ClientSession) -> None:
+        phases = PHASES if self.cluster is not None else PHASES[:1]
+        for name in phases:
+            start = time.time()
+            self.phase = name  # messages sent from now on belong to this phase
+            event = await self.damage(name)
+            ready = time.time()
+            note(f"{ready - self.spans[0].start if self.spans else 0.0:5.1f} s "
+                 f"{name}: {event}")
+            if self.spans:
+                self.spans[-1] = dataclasses.replace(self.spans[-1], end=start)
+            self.spans.append(PhaseSpan(name, start, ready, math.inf, event))
+            await asyncio.sleep(self.options.phase)
+        self.spans[-1] = dataclasses.replace(self.spans[-1], end=time.time())
+
+    async def damage(self, phase: str) -> str:
+        """Do what ``phase`` is about; return what was done, in words.
+
+        The cluster's calls block (they wait for processes), so they run in
+        a thread while the clients go on sending and receiving.
+        """
+        cluster = self.cluster
+        if phase == "steady":
+            return "nothing broken" if cluster else f"external cluster {self.url}"
+        if phase == "redis-down":
+            await asyncio.to_thread(cluster.redis.stop)
+            return "Redis stopped (SIGTERM)"
+        if phase == "redis-back":
+            await asyncio.to_thread(self.start_redis)
+            return "Redis started again on the same port"
+        if phase == "replica-killed":
+            held = self.clients_per_replica()
+            alive = [r.server_id for r in cluster.replicas]
+            self.victim = max(alive, key=lambda s: (held.get(s, 0), s))
+            self.victim_held = held.get(self.victim, 0)
+            await asyncio.to_thread(cluster.kill_replica, self.victim)
+            return f"{self.victim} killed with SIGKILL (it held {self.victim_held} clients)"
+        if phase == "recovered":
+            began = time.monotonic()
+            await asyncio.to_thread(cluster.restart_replica, self.victim)
+            return (f"{self.victim} restarted, healthy after "
+                    f"{time.monotonic() - began:.1f} s (clients stay where they reconnected)")
+        raise ValueError(phase)
+
+    def start_redis(self) -> None:
+        self.cluster.redis.start()
+        # Record the new PID, so a later `chat-cluster down --state-dir ...`
+        # would stop this Redis too if this process were killed outright.
+        self.cluster._save()
+
+    async def send_loop(self, member: Member, start: float) -> None:
+        options = self.options
+        offset = member.index / options.senders / options.rate
+        for seq, due in enumerate(send_times(start, options.rate, offset, math.inf)):
+            delay = due - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_sending.wait(), delay)
+            if self.stop_sending.is_set():
+                return
+            now_ns = time.time_ns()
+            msg = Sent(member.index, seq, self.phase, now_ns / 1e9)
+            self.sends.append(msg)
+            stamp = Stamp(self.run_id, member.index, seq, msg.phase, now_ns)
+            try:
+                await member.sio.emit("message", {"text": encode_stamp(stamp)},
+                                      callback=self._on_ack(msg))
+            except socketio.exceptions.SocketIOError:
+                msg.outcome = NOT_SENT
+
+    def _on_ack(self, msg: Sent):
+        def on_ack(ack=None):
+            error = ack_error(ack)
+            msg.outcome = "ok" if error is None else error
+            self.activity()
+        return on_ack
+
+    async def drain(self) -> None:
+        """Wait until deliveries and acks pause for QUIET s, at most --drain s."""
+        deadline = time.monotonic() + self.options.drain
+        self.activity()
+        while time.monotonic() < deadline:
+            if time.monotonic() - self.last_activity >= QUIET:
+                return
+            await asyncio.sleep(0.05)
+
+    def report(self, at_start: dict, at_end: dict) -> dict:
+        o = self.options
+        summary = summarize(self.spans, self.sends, [m.log for m in self.members])
+        return {
+            "run": self.run_id,
+            "url": self.url,
+            "mode": o.mode if self.cluster else None,
+            "replicas": len(self.cluster.replicas) if self.cluster else None,
+            "clients": o.clients,
+            "senders": o.senders,
+            "rate": o.rate,
+            "phase_s": o.phase,
+            "killed": self.victim,
+            "killed_held": self.victim_held,
+            "clients_per_replica": {"start": at_start, "end": at_end},
+            "expected_is": "sent x all clients (the sender included)",
+            **summary,
+        }
+
+
+async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+def _spread(held: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in held.items()) or "-"
+
+
+# -- command line ------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m chat.chaos", description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--replicas", type=int, default=3, help="replicas to start")
+    parser.add_argument("--mode", choices=("socketio", "pubsub"), default="pubsub",
+                        help="backplane mode of the replicas")
+    parser.add_argument("--clients", type=int, default=30, help="clients in the room")
+    parser.add_argument("--senders", type=int, default=5, help="how many of them send")
+    parser.add_argument("--rate", type=float, default=5.0,
+                        help="messages per second per sender (the server allows 10)")
+    parser.add_argument("--phase", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--drain", type=float, default=5.0,
+                        help="at most this many seconds to wait for stragglers at the end")
+    parser.add_argument("--url", type=http_url, default=None,
+                        help="use this running cluster instead of starting one "
+                             "(nothing is broken then: steady phase only)")
+    parser.add_argument("--state-dir", default=None,
+                        help="keep the cluster's PIDs and logs here (default: a temporary "
+                             "folder, removed at the end)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of the table")
+    return parser
+
+
+def options_from(args, parser: argparse.ArgumentParser) -> Options:
+    problems = [
+        (args.replicas < 2, "--replicas must be at least 2 (one is killed)"),
+        (args.clients < 1, "--clients must be at least 1"),
+        (not 1 <= args.senders <= args.clients, "--senders must be between 1 and --clients"),
+        (args.rate <= 0, "--rate must be positive"),
+        (args.phase <= 0, "--phase must be positive"),
+        (args.drain < 0, "--drain cannot be negative"),
+    ]
+    for failed, message in problems:
+        if failed:
+            parser.error(message)
+    return Options(replicas=args.replicas, mode=args.mode, clients=args.clients,
+                   senders=args.senders, rate=args.rate, phase=args.phase,
+                   drain=args.drain, url=args.url)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = options_from(args, parser)
+    # SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _terminate)
+    cluster = None
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    temporary = state_dir is None and options.url is None
+    try:
+        if options.url is None:
+            state_dir = state_dir or Path(tempfile.mkdtemp(prefix="chat-chaos-"))
+            cluster = LocalCluster(state_dir)
+            note(f"starting {options.replicas} replicas ({options.mode}) in {state_dir}")
+            cluster.up(replicas=options.replicas, mode=options.mode, port=free_port())
+        report = asyncio.run(Chaos(options, cluster, options.url or cluster.url).run())
+    except KeyboardInterrupt:
+        note("interrupted")
+        return 130
+    except (ChaosError, ClusterError) as exc:
+        note(str(exc))
+        return 1
+    finally:
+        if cluster is not None:
+            # A second Ctrl-C must not leave processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            note("stopping the cluster")
+            cluster.down()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if temporary and state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Failures, for real: Redis stopped and restarted, replicas killed and
+drained, with clients connected.  Every process is real and owned by the test.
+
+Time bounds here are the issue's promises (ready again within 2 s, clients
+back within 5 s); they are measured from the event, polled at 50 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from chat.cluster import alive, free_port
+from chat.events import LOCAL_ONLY
+
+pytestmark = pytest.mark.slow
+
+# How soon cross-replica delivery and readiness come back after Redis does.
+# The manual mode promises 2 s.  The automatic mode is python-socketio's
+# listener, which retries after 1, 2, 4 ... s: after a 5 s outage its next
+# attempt can fall up to 4 s after Redis is back (docs/reliability.md).
+RECOVERY = {"pubsub": 2.0, "socketio": 5.0}
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+async def until(check, timeout: float, what: str) -> float:
+    """Poll ``check()`` (sync or async) every 50 ms; return the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+async def all_ready(cluster, code: int = 200) -> bool:
+    codes = await asyncio.gather(*(asyncio.to_thread(status, f"{r.url}/readyz")
+                                   for r in cluster.replicas))
+    return all(c == code for c in codes)
+
+
+async def crosses(sender, receiver, tag: str) -> bool:
+    """Send a probe; true once ``receiver`` has any probe with this tag."""
+    await sender.send(f"{tag} {time.monotonic()}")
+    await asyncio.sleep(0.05)
+    return any(t.startswith(tag) for t in receiver.texts())
+
+
+async def test_redis_outage(cluster_factory, connect, mode):
+    cluster = cluster_factory(replicas=3, mode=mode, proxy=False)
+    r1, r2, r3 = cluster.replicas
+    ana, ada = await connect(r1.url, "ana"), await connect(r1.url, "ada")
+    bia, caio = await connect(r2.url, "bia"), await connect(r3.url, "caio")
+    assert await crosses(ana, caio, "before") or await until(
+        lambda: any(t.startswith("before") for t in caio.texts()), 5, "baseline")
+
+    cluster.redis.stop()
+    down_at = time.monotonic()
+    await until(lambda: all_ready(cluster, 503), 5, "readyz 503 on every replica")
+
+    ack = await ana.send("during the outage")
+    assert ack == {"ok": False, "id": ack["id"], "error": LOCAL_ONLY}
+    await ada.wait_for(lambda: "during the outage" in ada.texts())  # same replica
+
+    await asyncio.sleep(max(0.0, 5 - (time.monotonic() - down_at)))
+    cluster.redis.start()
+    ready_after = await until(lambda: all_ready(cluster), 30, "readyz 200 again")
+    cross_after = await until(lambda: crosses(bia, caio, "after"), 30, "delivery again")
+    print(f"\n{mode}: ready {ready_after:.2f} s, delivering {cross_after:.2f} s after Redis")
+    assert ready_after <= RECOVERY[mode]
+    assert cross_after <= RECOVERY[mode]
+
+    assert "during the outage" not in bia.texts() + caio.texts()
+    assert all(alive(r.pid) for r in cluster.replicas)
+    for client in (ana, ada, bia, caio):
+        assert client.disconnects == []
+
+
+async def test_redis_absent_at_start_up(cluster_factory, redis_factory, connect, mode):
+    port = free_port()
+    cluster = cluster_factory(replicas=2, mode=mode, proxy=False,
+                              redis_url=f"redis://127.0.0.1:{port}/0")
+    r1, r2 = cluster.replicas
+    assert await all_ready(cluster, 503)
+    ana, ada = await connect(r1.url, "ana"), await connect(r1.url, "ada")
+    bia = await connect(r2.url, "bia")
+    assert (await ana.send("alone"))["error"] == LOCAL_ONLY
+    await ada.wait_for(lambda: "alone" in ada.texts())
+
+    redis_factory(port=port)
+    # Both listeners have been retrying since start-up; the automatic one has
+    # backed off furthest, so allow it the library's longer schedule.
+    await until(lambda: all_ready(cluster), 20, "ready once Redis appears")
+    await until(lambda: crosses(ana, bia, "joined"), 5, "delivery across replicas")
+
+
+async def test_replica_crash(cluster_factory, connect):
+    cluster = cluster_factory(replicas=3, mode="pubsub")
+    clients = await asyncio.gather(*(connect(cluster.url, f"u{i}", reconnect=True)
+                                     for i in range(18)))
+    victims = [c for c in clients if c.server == "replica-2"]
+    assert victims, "no client landed on replica-2"
+
+    cluster.kill_replica("replica-2")
+    killed_at = time.monotonic()
+    back = await until(lambda: all(len(c.welcomes) == 2 and c.server != "replica-2"
+                                   for c in victims), 5, "victims back on a survivor")
+    print(f"\n{len(victims)} clients back {back:.2f} s after SIGKILL")
+
+    # New connections do not hang on the dead replica.
+    for i in range(12):
+        started = time.monotonic()
+        newcomer = await connect(cluster.url, f"new{i}")
+        assert newcomer.server in ("replica-1", "replica-3")
+        assert time.monotonic() - started < 5
+    assert (await victims[0].send("after the crash"))["ok"]
+    for client in clients:
+        await client.wait_for(lambda client=client: "after the crash" in client.texts())
+    assert time.monotonic() - killed_at < 60
+
+
+async def test_sigterm_drains_within_the_grace_period(cluster_factory, connect):
+    cluster = cluster_factory(replicas=2, mode="pubsub")
+    clients = await asyncio.gather(*(connect(cluster.url, f"u{i}", reconnect=True)
+                                     for i in range(12)))
+    leaving = [c for c in clients if c.server == "replica-1"]
+    assert leaving
+    started = time.monotonic()
+    await asyncio.to_thread(cluster.kill_replica, "replica-1", 15)  # SIGTERM, wait
+    took = time.monotonic() - started
+    assert took < 10, f"replica took {took:.1f} s to exit (grace period 10 s)"
+    await until(lambda: all(c.server == "replica-2" and c.sio.connected for c in leaving), 5,
+                "drained clients back on replica-2")
+    assert (await leaving[0].send("drained"))["ok"]
+    for client in clients:
+        await client.wait_for(lambda client=client: "drained" in client.texts())
+
+
+async def test_rolling_restart_under_load(cluster_factory, connect):
+    cluster = cluster_factory(replicas=3, mode="pubsub")
+    clients = await asyncio.gather(*(connect(cluster.url, f"u{i}", reconnect=True)
+                                     for i in range(15)))
+    sent = {"ok": 0, "failed": 0}
+
+    async def steady_load():
+        n = 0
+        while True:
+            sender = clients[n % len(clients)]
+            n += 1
+            try:
+                ack = await sender.send(f"load {n}", timeout=2)
+                sent["ok" if ack.get("ok") else "failed"] += 1
+            except Exception:  # reconnecting at that moment
+                sent["failed"] += 1
+            await asyncio.sleep(0.1)
+
+    load = asyncio.create_task(steady_load())
+    try:
+        for replica in list(cluster.replicas):
+            await asyncio.to_thread(cluster.restart_replica, replica.server_id)
+    finally:
+        load.cancel()
+    await until(lambda: all(c.sio.connected and c.welcome for c in clients), 10,
+                "every client connected after the rolling restart")
+    assert sent["ok"] > 0
+    print(f"\nrolling restart: {sent}")
+    assert (await clients[0].send("after the rolling restart"))["ok"]
+    for client in clients:
+        await client.wait_for(lambda client=client: "after the rolling restart"
+                              in client.texts(), 10)
+
+
+async def test_flooding_client_is_limited_and_others_stay_fast(cluster_factory, connect):
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False)
+    url = cluster.replicas[0].url
+    flooder = await connect(url, "flooder", room="flood")
+    others = [await connect(url, f"calm{i}") for i in range(3)]
+    latencies: list[float] = []
+
+    async def calm(client, n):
+        for i in range(n):
+            started = time.monotonic()
+            text = f"{client.name} {i}"
+            assert (await client.send(text))["ok"]
+            await others[0].wait_for(lambda text=text: text in others[0].texts())
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.1)
+
+    acks = []
+
+    async def flood():
+        acks.extend(await asyncio.gather(*(flooder.send(f"spam {i}", timeout=20)
+                                           for i in range(400))))
+
+    started = time.monotonic()
+    await asyncio.gather(flood(), *(calm(c, 10) for c in others))
+    elapsed = time.monotonic() - started
+    accepted = [a for a in acks if a["ok"]]
+    limited = [a for a in acks if not a["ok"]]
+    assert len(accepted) <= 20 + 10 * elapsed + 1  # burst + rate x time
+    assert limited and all("rate limit" in a["error"] for a in limited)
+    assert flooder.sio.connected and flooder.disconnects == []
+    latencies.sort()
+    print(f"\nothers while flooding: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"max {latencies[-1] * 1000:.1f} ms; flooder {len(accepted)} accepted, "
+          f"{len(limited)} limited")
+    assert latencies[-1] < 1.0  # a sanity bound, not a benchmark
+
+
+MALFORMED = ["4", "4garbage", "42", "42[", "42{}", "42[]", '42["message"', "45x-[]",
+             '451-["message",{"_placeholder":true,"num":"x"}]', "4\x00", "x" * 100]
+
+
+async def test_malformed_frames_close_only_their_connection(shared_clusters, connect):
+    import aiohttp
+
+    cluster = shared_clusters(replicas=1, mode="pubsub", proxy=False)
+    replica = cluster.replicas[0]
+    bystander = await connect(replica.url, "bystander")
+    async with aiohttp.ClientSession() as session:
+        for frame in MALFORMED:
+            async with session.ws_connect(
+                    f"{replica.url}/socket.io/?EIO=4&transport=websocket") as ws:
+                await ws.receive(timeout=5)  # Engine.IO open
+                await ws.send_str('40{"name":"fuzz"}')
+                await ws.receive(timeout=5)  # Socket.IO connect
+                await ws.send_str(frame)
+                while not ws.closed:  # the replica closes this connection
+                    message = await ws.receive(timeout=5)
+                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        break
+            assert (await bystander.send(f"after {frame[:10]!r}"))["ok"]
+    log = (cluster.logs / "replica-1.log").read_text()
+    assert "Traceback" not in log
+    assert log.count("malformed packet") >= len(MALFORMED) - 1
+
+
+async def test_connect_disconnect_cycles_leave_memory_and_tasks_flat(cluster_factory):
+    """Engine.IO keeps a ping timer per connection for one ping interval after
+    it closes; a short interval here lets "settled" mean settled."""
+    import aiohttp
+
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False,
+                              env={"PING_INTERVAL": "2", "PING_TIMEOUT": "2"})
+    url = cluster.replicas[0].url
+
+    async def cycles(session, count):
+        for _ in range(count):
+            async with session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket") as ws:
+                await ws.receive(timeout=5)
+                await ws.send_str('40{"name":"cycler"}')
+                await ws.receive(timeout=5)  # connect
+                await ws.receive(timeout=5)  # welcome
+
+    async def sample(session):
+        async with session.get(f"{url}/metrics") as response:
+            text = await response.text()
+        values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                      if line and not line.startswith("#"))
+        return float(values["process_resident_memory_bytes"]), float(values["chat_asyncio_tasks"])
+
+    async def settle(session):
+        await asyncio.sleep(3)  # > PING_INTERVAL
+        health = json.loads(await (await session.get(f"{url}/healthz")).text())
+        assert health["clients"] == 0
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(cycles(session, 50) for _ in range(20)))  # warm up: 1,000
+        await settle(session)
+        rss_before, tasks_before = await sample(session)
+        await asyncio.gather(*(cycles(session, 500) for _ in range(20)))  # 10,000
+        await settle(session)
+        rss_after, tasks_after = await sample(session)
+    growth = (rss_after - rss_before) / 2**20
+    print(f"\n10,000 cycles: RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB, "
+          f"tasks {tasks_before:.0f} -> {tasks_after:.0f}")
+    assert tasks_after <= tasks_before
+    assert growth < 8, f"RSS grew {growth:.1f} MiB over 10,000 cycles"
