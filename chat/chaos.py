@@ -79,7 +79,7 @@ import aiohttp
 import socketio
 
 from .bench import http_url, latency_summary, send_times
-from .client import ack_error, refusal_reason, sticky_url
+from .client import ack_error, diagnose, refusal_reason, sticky_url
 from .cluster import ClusterError, LocalCluster, free_port
 
 PHASES = ("steady", "redis-down", "redis-back", "replica-killed", "recovered")
@@ -336,6 +336,7 @@ class Member:
     def __init__(self, run: Chaos, index: int, http: aiohttp.ClientSession):
         self.run = run
         self.index = index
+        self.http = http
         self.log = Receiver(index)
         self.server: str | None = None
         self.refusal: str | None = None
@@ -383,9 +384,10 @@ class Member:
             await self.sio.connect(sticky_url(url), auth={"name": f"chaos-{self.index}",
                                                           "room": room},
                                    transports=["websocket"], wait_timeout=10)
-        except socketio.exceptions.ConnectionError as exc:
-            why = self.refusal or str(exc)
-            raise ChaosError(f"client {self.index} could not connect to {url}: {why}") from None
+        except socketio.exceptions.ConnectionError:
+            if self.refusal and self.sio.failed_namespaces:
+                raise ChaosError(f"{url} refused client {self.index}: {self.refusal}") from None
+            raise ChaosError(await diagnose(self.http, url)) from None
         async with asyncio.timeout(10):
             await self.welcomed.wait()
 
@@ -644,15 +646,18 @@ def main(argv=None) -> int:
     options = options_from(args, parser)
     # SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C does.
     signal.signal(signal.SIGTERM, _terminate)
-    cluster = None
+    cluster = None  # set once it is ours to stop
     state_dir = Path(args.state_dir) if args.state_dir else None
     temporary = state_dir is None and options.url is None
     try:
         if options.url is None:
             state_dir = state_dir or Path(tempfile.mkdtemp(prefix="chat-chaos-"))
-            cluster = LocalCluster(state_dir)
+            starting = LocalCluster(state_dir)
             note(f"starting {options.replicas} replicas ({options.mode}) in {state_dir}")
-            cluster.up(replicas=options.replicas, mode=options.mode, port=free_port())
+            # up() stops what it started if it fails, and refuses (starting
+            # nothing) if a cluster already runs from that folder: not ours.
+            starting.up(replicas=options.replicas, mode=options.mode, port=free_port())
+            cluster = starting
         report = asyncio.run(Chaos(options, cluster, options.url or cluster.url).run())
     except KeyboardInterrupt:
         note("interrupted")

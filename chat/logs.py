@@ -19,4 +19,36 @@ def setup_logging(settings: Settings) -> logging.Logger:
     for noisy in ("socketio", "engineio", "aiohttp.access", "chat.socketio",
                   "chat.engineio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # aiohttp logs request errors on its own logger, or on gunicorn's error
+    # log when it runs under gunicorn's worker.
+    for name in ("aiohttp.server", "gunicorn.error"):
+        logging.getLogger(name).addFilter(MalformedFrameFilter())
     return logging.getLogger("chat")
+
+
+class MalformedFrameFilter(logging.Filter):
+    """Turn aiohttp's traceback for an undecodable Engine.IO frame into one line.
+
+    Engine.IO decodes WebSocket frames outside any error handling of its own,
+    so a frame that is not Engine.IO at all ("xyz") ends the request with an
+    exception that aiohttp logs in full.  The connection is closed either
+    way; one warning line is enough, and keeps a hostile client from filling
+    the logs with tracebacks.  (Malformed Socket.IO packets inside valid
+    frames are handled in chat.server.)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        exc = record.exc_info[1]
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or not tb.tb_frame.f_code.co_filename.endswith("engineio/packet.py"):
+            return True
+        record.msg = "malformed Engine.IO frame (%s: %s); connection closed"
+        record.args = (type(exc).__name__, exc)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

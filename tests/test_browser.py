@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -149,46 +150,63 @@ def browser():
 
 @pytest.fixture
 def open_chat(browser: Browser, cluster, request):
-    """Return ``open(name, viewport=PHONE)``: a connected page at the cluster.
+    """Return ``open(name, viewport=PHONE)``: a page at the cluster.
 
-    At teardown every page is photographed into test-artifacts/ and closed,
+    With a name (remembered as if typed on an earlier visit) the page is
+    connected when returned; with ``None`` it shows the name prompt.  At
+    teardown every page is photographed into test-artifacts/ and closed,
     and an uncaught exception in any page fails the test.
     """
     pages: list[ChatPage] = []
 
-    def create(name: str, viewport: dict = PHONE) -> ChatPage:
+    def create(name: str | None, viewport: dict = PHONE) -> ChatPage:
         context = browser.new_context(viewport=viewport, locale="en-US")
-        context.add_init_script(script=f"localStorage.setItem('chat.name', {json.dumps(name)})")
-        chat = ChatPage(context, name)
+        if name is not None:
+            remember = f"localStorage.setItem('chat.name', {json.dumps(name)})"
+            context.add_init_script(script=remember)
+        chat = ChatPage(context, name or "anonymous")
         pages.append(chat)
         chat.page.goto(cluster.url)
-        chat.wait_connected()
+        if name is not None:
+            chat.wait_connected()
         return chat
 
     yield create
-    folder = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    folder = ARTIFACTS / file_name(request.node.name)
+    shutil.rmtree(folder, ignore_errors=True)  # only this run's pictures
     for number, chat in enumerate(pages, 1):
         with contextlib.suppress(Error):
-            chat.screenshot(folder / f"{number}-{chat.name}.png")
+            chat.screenshot(folder / f"{number}-{file_name(chat.name)}.png")
         chat.context.close()
     errors = [f"{chat.name}: {error}" for chat in pages for error in chat.errors]
     if errors:
         pytest.fail("uncaught errors in the page:\n" + "\n".join(errors))
 
 
-def open_spread(open_chat, names: list[str], viewport: dict = PHONE) -> list[ChatPage]:
-    """Open one page per name, spanning at least two replicas.
+def file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "page"
+
+
+def open_spread(open_chat, names: list[str], viewport: dict = PHONE,
+                replicas: int = 2) -> list[ChatPage]:
+    """Open one page per name, spanning at least ``replicas`` replicas.
 
     Sticky keys are random, so with three replicas all six tabs land on the
-    same one with probability 3/3**6 (0.4 %).  Then the last tab takes a new
-    key, as a new tab would; ten tries in a row on one replica means NGINX
-    does not spread by key at all.
+    same one with probability 3/3**6 (0.4 %).  Then a tab that shares its
+    replica takes a new key, as a new tab would; twenty tries that change
+    nothing would mean NGINX does not spread by key at all.
     """
     pages = [open_chat(name, viewport) for name in names]
-    for _ in range(10):
-        if len({chat.replica for chat in pages}) >= 2:
+    for _ in range(20):
+        seen: set[str] = set()
+        crowded = None
+        for chat in pages:
+            if chat.replica in seen:
+                crowded = chat
+            seen.add(chat.replica)
+        if len(seen) >= replicas or crowded is None:
             break
-        pages[-1].new_tab_identity()
+        crowded.new_tab_identity()
     return pages
 
 
@@ -252,6 +270,83 @@ def test_html_in_a_message_shows_as_text(open_chat):
         assert not any(urlsplit(url).path == "/x" for url in chat.other_requests)
 
 
+def test_refused_message_shows_its_error_inline(open_chat):
+    ann = open_chat("ann")
+
+    # More messages at once than the per-connection burst (20) allows.
+    ann.page.evaluate("""() => {
+      const box = document.getElementById("message-input");
+      const form = document.getElementById("message-form");
+      for (let i = 1; i <= 30; i++) {
+        box.value = `burst ${i}`;
+        form.requestSubmit();
+      }
+    }""")
+
+    failed = ann.page.locator(".message[data-state=failed]")
+    expect(failed.first.locator(".status")).to_contain_text(
+        "not sent: rate limit: too many messages, slow down")
+    expect(ann.message("burst 1")).to_have_attribute("data-state", "sent")
+    expect(ann.page.locator(".message[data-state=sending]")).to_have_count(0)
+    sent = ann.page.locator(".message[data-state=sent]").count()
+    assert sent >= 20 and sent + failed.count() == 30
+
+
+def test_name_prompt_remembers_the_name_and_shows_refusals(open_chat):
+    chat = open_chat(None)
+    form = chat.page.locator("#name-form")
+    expect(form).to_be_visible()
+    expect(chat.state).to_have_text("offline")
+
+    chat.page.get_by_label("Your name", exact=True).fill("bell\u0007")
+    form.get_by_role("button", name="Join").click()
+    expect(chat.page.locator("#name-error")).to_have_text(
+        "name must contain printable characters only")
+    expect(chat.state).to_have_text("offline")
+
+    chat.page.get_by_label("Your name", exact=True).fill("zoe")
+    form.get_by_role("button", name="Join").click()
+    chat.wait_connected()
+    expect(chat.page.locator("#my-name")).to_have_text("zoe")
+    expect(chat.page.get_by_label("Message", exact=True)).to_be_focused()
+
+    chat.page.reload()
+    chat.wait_connected()
+    expect(form).to_be_hidden()
+    expect(chat.page.locator("#my-name")).to_have_text("zoe")
+
+
+def test_rooms_keep_conversations_apart(open_chat):
+    ann, ben = open_chat("ann"), open_chat("ben")
+
+    ben.page.get_by_label("Room", exact=True).fill("random")
+    ben.page.get_by_label("Room", exact=True).press("Enter")
+    expect(ben.page.locator("#room-name")).to_have_text("random")
+    expect(ann.page.locator(".notice").filter(has_text="ben left general")).to_have_count(1)
+
+    ben.send("only in random")
+    expect(ben.message("only in random")).to_have_attribute("data-state", "sent")
+    ann.send("only in general")
+    expect(ann.message("only in general")).to_have_attribute("data-state", "sent")
+    # ann's message went through the backplane after ben's: had ben's
+    # reached ann, it would be there by now.
+    expect(ann.message("only in random")).to_have_count(0)
+    expect(ben.message("only in general")).to_have_count(0)
+
+
+def test_page_fits_a_phone_and_is_labelled(open_chat):
+    chat = open_chat("ann", viewport={"width": 360, "height": 640})
+
+    assert chat.page.evaluate("document.documentElement.scrollWidth") <= 360
+    for control in ("Room", "Message"):
+        expect(chat.page.get_by_label(control, exact=True)).to_be_visible()
+    expect(chat.page.locator("#messages")).to_have_attribute("aria-live", "polite")
+    # Tab order follows the page: the room field, then its button.
+    chat.page.get_by_label("Room", exact=True).focus()
+    chat.page.keyboard.press("Tab")
+    expect(chat.page.get_by_role("button", name="Switch")).to_be_focused()
+
+
 def test_page_moves_to_another_replica_when_its_replica_dies(open_chat, cluster):
     victim, *witnesses = open_spread(open_chat, ["vic", "wes", "wyn"])
     dead = victim.replica
@@ -282,11 +377,15 @@ def test_page_moves_to_another_replica_when_its_replica_dies(open_chat, cluster)
 def test_screenshot(open_chat):
     """A picture of the page in use; ``SCREENSHOT_OUT=docs/screenshot.png`` saves it there."""
     out = Path(os.environ.get("SCREENSHOT_OUT") or ARTIFACTS / "screenshot.png")
-    alice, bob, carol = open_spread(open_chat, ["alice", "bob", "carol"], viewport=DESKTOP)
+    alice, bob, carol = open_spread(open_chat, ["alice", "bob", "carol"], viewport=DESKTOP,
+                                    replicas=3)
+    # A fresh page (same key, same replica) without the notices of the spreading.
+    alice.page.reload()
+    alice.wait_connected()
     conversation = [
         (bob, "Morning! Is the new chat cluster up?"),
-        (alice, "Yes: three replicas behind NGINX, relayed through Redis."),
-        (alice, f"I'm on {alice.replica}."),
+        (alice, "Yes: three replicas behind NGINX, relayed through Redis. "
+                f"I'm on {alice.replica}."),
         (carol, f"And I'm on {carol.replica}, seeing you both."),
         (bob, "Markup stays text: <b>not bold</b>"),
         (alice, "Kill a replica and the badge turns to another one within seconds."),

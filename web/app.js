@@ -51,6 +51,9 @@
     messageForm: $("message-form"),
     messageInput: $("message-input"),
     template: $("message-template"),
+    aboutReplica: $("about-replica"),
+    aboutMode: $("about-mode"),
+    aboutSticky: $("about-sticky"),
   };
 
   const chat = {
@@ -59,6 +62,8 @@
     room: load(sessionStorage, STORAGE.room) || DEFAULT_ROOM,
     server: null,
     byId: new Map(), // message id -> its <li>
+    unacked: new Set(), // <li>s of our messages awaiting their ack
+    earlyEchoes: new Map(), // message id -> an echo that came before its ack
     typers: new Map(), // name -> timer that hides their "is typing"
     typing: { active: false, sentAt: 0, idleTimer: 0 },
   };
@@ -182,6 +187,10 @@
     ui.badge.title = `Connected to replica ${welcome.server} (${welcome.mode} backplane)`;
     ui.badge.hidden = false;
     paintReplica(ui.badge, welcome.server);
+    ui.aboutReplica.textContent = welcome.server;
+    ui.aboutMode.textContent = welcome.mode;
+    ui.aboutSticky.textContent = stickyKey();
+    ui.aboutSticky.title = `NGINX hashes this key to pick the replica: ${stickyKey()}`;
     if (Number.isInteger(welcome.max_message_length)) {
       ui.messageInput.maxLength = welcome.max_message_length;
     }
@@ -279,30 +288,25 @@
     ui.roomInput.value = room;
     ui.messages.replaceChildren();
     chat.byId.clear();
+    chat.unacked.clear();
+    chat.earlyEchoes.clear();
     clearTypers();
     addNotice(`you are in #${room}`);
   }
 
   // ---- messages
 
-  function formatTime(ts) {
-    const date = new Date(ts);
-    if (Number.isNaN(date.getTime())) return null;
-    return date;
-  }
-
   function buildMessage({ name, text, ts }) {
     const li = ui.template.content.firstElementChild.cloneNode(true);
     li.querySelector(".name").textContent = name;
     li.querySelector(".text").textContent = text;
-    setTime(li, ts);
+    fillTime(li.querySelector(".time"), ts);
     return li;
   }
 
-  function setTime(li, ts) {
-    const date = formatTime(ts);
-    const time = li.querySelector(".time");
-    if (!date) return;
+  function fillTime(time, ts) {
+    const date = new Date(ts);
+    if (Number.isNaN(date.getTime())) return;
     time.dateTime = date.toISOString();
     time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     time.title = date.toLocaleString();
@@ -316,6 +320,7 @@
   }
 
   function setStatus(li, state, error = "") {
+    const follow = nearBottom();
     li.dataset.state = state;
     const status = li.querySelector(".status");
     status.replaceChildren();
@@ -337,31 +342,35 @@
       });
       status.append(" ", retry);
     }
+    if (follow) scrollToBottom();
+  }
+
+  function nearBottom() {
+    const list = ui.messages;
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  }
+
+  function scrollToBottom() {
+    ui.messages.scrollTop = ui.messages.scrollHeight;
   }
 
   function append(li) {
     const list = ui.messages;
-    const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    const follow = nearBottom();
     list.append(li);
     while (list.childElementCount > MAX_MESSAGES) {
       const oldest = list.firstElementChild;
       if (oldest.dataset.id) chat.byId.delete(oldest.dataset.id);
       oldest.remove();
     }
-    if (nearBottom || li.classList.contains("mine")) {
-      list.scrollTop = list.scrollHeight;
-    }
+    if (follow || li.classList.contains("mine")) scrollToBottom();
   }
 
   function addNotice(text, ts = Date.now()) {
     const li = document.createElement("li");
     li.className = "notice";
     const time = document.createElement("time");
-    const date = formatTime(ts);
-    if (date) {
-      time.dateTime = date.toISOString();
-      time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    }
+    fillTime(time, ts);
     const body = document.createElement("span");
     body.textContent = text;
     li.append(time, " ", body);
@@ -379,32 +388,61 @@
       setStatus(li, "failed", "not connected");
       return;
     }
+    chat.unacked.add(li);
     socket.timeout(ACK_TIMEOUT_MS).emit("message", { text }, (err, ack) => {
-      if (err) {
+      chat.unacked.delete(li);
+      // A message that went with the room we left needs no news.
+      if (li.isConnected && err) {
         const timedOut = /timed out/.test(err.message);
         setStatus(li, "failed", timedOut ? "no answer from the server" : err.message);
-        return;
+      } else if (li.isConnected) {
+        settle(li, ack || {});
       }
-      settle(li, ack || {});
+      releaseEarlyEchoes();
     });
   }
 
-  // The ack names the id; the echo may have arrived before it (one replica,
-  // no backplane) or may come after (through Redis).
-  function settle(pending, ack) {
-    let li = pending;
-    const echoed = ack.id ? chat.byId.get(ack.id) : null;
-    if (echoed) {
-      pending.remove();
-      echoed.classList.add("mine");
-      li = echoed;
-    } else if (ack.id) {
+  // The ack names the message's id.  Its echo may come before the ack (the
+  // room's delivery and the ack travel separately): such an echo is held
+  // back, not shown twice, until the ack says whether it is ours.
+  function settle(li, ack) {
+    if (ack.id) {
       li.dataset.id = ack.id;
       chat.byId.set(ack.id, li);
+      const echo = chat.earlyEchoes.get(ack.id);
+      if (echo) {
+        chat.earlyEchoes.delete(ack.id);
+        showEcho(li, echo);
+      }
     }
     if (!ack.ok) {
       setStatus(li, "failed", ack.error || "refused by the server");
     }
+  }
+
+  function mayBeMine(message) {
+    if (message.name !== chat.name) return false;
+    for (const li of chat.unacked) {
+      if (li.querySelector(".text").textContent === message.text) return true;
+    }
+    return false;
+  }
+
+  // Echoes held back for a message of ours that turned out to be another
+  // tab's (same name, same text): shown once no ack can claim them.
+  function releaseEarlyEchoes() {
+    for (const [id, message] of chat.earlyEchoes) {
+      if (!mayBeMine(message)) {
+        chat.earlyEchoes.delete(id);
+        onMessage(message);
+      }
+    }
+  }
+
+  function showEcho(li, message) {
+    fillTime(li.querySelector(".time"), message.ts);
+    setServer(li, message.server);
+    if (li.dataset.state !== "failed") setStatus(li, "sent");
   }
 
   function onMessage(message) {
@@ -412,9 +450,11 @@
     forgetTyper(message.name);
     const known = chat.byId.get(message.id);
     if (known) {
-      setTime(known, message.ts);
-      setServer(known, message.server);
-      if (known.dataset.state !== "failed") setStatus(known, "sent");
+      showEcho(known, message);
+      return;
+    }
+    if (mayBeMine(message)) {
+      chat.earlyEchoes.set(message.id, message);
       return;
     }
     const li = buildMessage(message);
