@@ -11,6 +11,7 @@ PORT ?= 8080
 REDIS_URL ?=
 PYTHON ?= python3
 PYTEST_ARGS ?=
+CHAOS_ARGS ?=
 RUN_PORT ?= 8000
 
 VENV := .venv
@@ -85,6 +86,11 @@ lint: install
 
 screenshot: install
 	SCREENSHOT_OUT=docs/screenshot.png $(BIN)/pytest -q tests/test_browser.py -k screenshot
+
+# Steady load through NGINX while Redis and then a replica are killed; prints
+# sent / delivered / lost / duplicated per phase (docs/reliability.md).
+chaos: install
+	$(BIN)/python -m chat.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules web/vendor .run test-artifacts .pytest_cache

@@ -27,8 +27,9 @@ How a run goes:
    ``redis-down``      Redis is stopped (SIGTERM)
    ``redis-back``      Redis is started again on the same port
    ``replica-killed``  the replica holding the most clients gets SIGKILL
-   ``recovered``       that replica is restarted; the phase starts counting
-                       once it answers its health check
+   ``recovered``       that replica is restarted (``restart_replica``: taken
+                       out of NGINX, started, healthy, put back); the
+                       phase's seconds start once it is back
 
 5. **Drain and report.**  After the last phase, sending stops; the run
    waits until deliveries and acknowledgements have been quiet for a second
@@ -514,7 +515,7 @@ class Chaos:
         if phase == "recovered":
             began = time.monotonic()
             await asyncio.to_thread(cluster.restart_replica, self.victim)
-            return (f"{self.victim} restarted, healthy after "
+            return (f"{self.victim} restarted and back behind NGINX after "
                     f"{time.monotonic() - began:.1f} s (clients stay where they reconnected)")
         raise ValueError(phase)
 

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -52,9 +53,22 @@ class ClusterError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999).
+
+    A port the kernel hands out itself is ephemeral, and a client connecting
+    to an ephemeral port that nothing listens on (a stopped Redis) can, rarely,
+    be given that same port as its source and connect to itself: a "server"
+    that echoes every command.  Ports from 20000-32767 cannot collide so.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free port found in 20000-32767")
 
 
 # NGINX lives in sbin, which a non-root user's PATH often lacks.

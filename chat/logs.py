@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from .settings import Settings
 
@@ -51,4 +52,27 @@ class MalformedFrameFilter(logging.Filter):
         record.exc_info = None
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+class Throttle(logging.Filter):
+    """Let each message template through at most once per ``interval`` s;
+    the next one that passes says how many were held back."""
+
+    def __init__(self, interval: float):
+        super().__init__()
+        self.interval = interval
+        self.last: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        now = time.monotonic()
+        if now - self.last.get(key, -self.interval) < self.interval:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        self.last[key] = now
+        held = self.held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar held back)"
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,10 +37,10 @@ def wait_status(url: str, status: int, timeout: float) -> float:
 def single_node(tmp_path):
     """``python -m chat`` as a newcomer runs it: no Redis, one port."""
     port = free_port()
-    log = open(tmp_path / "chat.log", "wb")  # noqa: SIM115 (closed below)
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("REDIS_")}
-    proc = subprocess.Popen([sys.executable, "-m", "chat", "--port", str(port)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    with open(tmp_path / "chat.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "chat", "--port", str(port)], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -50,7 +51,6 @@ def single_node(tmp_path):
     finally:
         stop_pid(proc.pid)
         proc.wait()
-        log.close()
 
 
 async def test_python_m_chat_is_a_working_chat_without_redis(single_node, connect):

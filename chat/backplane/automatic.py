@@ -23,10 +23,12 @@ minute.  The manual mode (``manual.py``) exists partly to fix that.
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import socketio
 from redis.exceptions import RedisError
 
+from ..logs import Throttle
 from .base import BackplaneUnavailable, Observed, redis_options
 
 
@@ -34,6 +36,13 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
     mode = "socketio"
 
     def __init__(self, url, *, channel, client_name, metrics, logger=None):
+        # The library logs two ERROR lines per failed publish; during an
+        # outage that is two per chat message.  Its logger repeats itself at
+        # most once per interval.
+        if logger is not None:
+            logger = logger.getChild("redis")
+            if not any(isinstance(f, Throttle) for f in logger.filters):
+                logger.addFilter(Throttle(interval=5.0))
         super().__init__(url, channel=channel, logger=logger,
                          redis_options=redis_options(client_name), metrics=metrics)
         self.client_name = client_name
@@ -41,10 +50,13 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
 
     def _redis_connect(self):
         super()._redis_connect()
-        self._connections += 1
-        if self._connections > 1:
-            self.metrics.reconnects.inc()
-            self._get_logger().info("backplane: reconnected to Redis (socketio mode)")
+        # The library reconnects from two places: its listener, and every
+        # failed publish.  Only the listener's (re)subscription is news.
+        if sys._getframe(1).f_code.co_name == "_redis_listen_with_retries":
+            self._connections += 1
+            if self._connections > 1:
+                self.metrics.reconnects.inc()
+                self._get_logger().info("backplane: listener reconnecting to Redis")
 
     async def _publish(self, data):
         result = await super()._publish(data)

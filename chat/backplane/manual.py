@@ -36,10 +36,16 @@ Failure handling, which is what this file adds over the library:
 * ``_publish`` tries twice, then raises ``BackplaneUnavailable``; the sender's
   ack says the message reached only this replica.  Local delivery has
   already happened, so users on this replica keep chatting through an outage.
+* ``_publish`` also refuses while this replica is not subscribed: Redis
+  accepts PUBLISH again the moment it is back, before the replicas have
+  resubscribed, and a message sent then would reach no other replica while
+  its sender heard "ok".  (A window remains while the *other* replicas
+  resubscribe, at most one backoff step; docs/reliability.md.)
 * ``_listen`` owns its reconnect loop: when the subscription breaks it retries
-  after 50 ms, doubling up to 500 ms, so it is subscribed again within about
-  half a second of Redis coming back (the library waits up to 60 s).  Losing
-  and regaining the subscription are logged once each, and counted.
+  after 50 ms, doubling up to 500 ms (with jitter), so it is subscribed again
+  within about half a second of Redis coming back (the library waits up to
+  60 s).  "Subscribed" means Redis confirmed the SUBSCRIBE.  Losing and
+  regaining the subscription are logged once each, and counted.
 * A subscription that goes silent is probed with PING; no answer within
   ``DEAD_AFTER`` seconds counts as a lost connection, so a half-open TCP
   connection cannot leave the replica deaf forever.
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 
 import redis.asyncio as aioredis
@@ -59,6 +66,7 @@ from .base import BackplaneUnavailable, Observed, ping, redis_options
 
 RETRY_FIRST = 0.05  # seconds before the first resubscribe attempt
 RETRY_MAX = 0.5  # cap of the doubling backoff
+CONFIRM_WITHIN = 2.0  # seconds Redis has to confirm a SUBSCRIBE
 IDLE_PING = 5.0  # PING the subscription after this long without traffic
 DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
 
@@ -77,6 +85,12 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
 
     # -- transport hook 1: send ------------------------------------------
     async def _publish(self, message):
+        if not self.subscribed:
+            # Redis may accept a PUBLISH before the replicas' subscriptions
+            # are back (right after an outage, or at start-up): the message
+            # would reach no other replica while the sender heard "ok".
+            self.metrics.publish_failures.inc()
+            raise BackplaneUnavailable("not subscribed to the Redis channel")
         payload = self.json.dumps(message)
         error = None
         for _attempt in range(2):
@@ -99,37 +113,53 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
     # -- transport hook 2: receive ---------------------------------------
     async def _listen(self):
         delay = RETRY_FIRST
-        lost_at = None
+        lost_at = time.monotonic()  # not subscribed yet counts as lost
         attempts = 0
+        ever = False
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await self._subscribe(pubsub)
                 self.subscribed = True
-                if lost_at is None:
-                    self._get_logger().info(
-                        "backplane: subscribed to %s", self.channel)
-                else:
+                if ever:
                     self.metrics.reconnects.inc()
-                    self._get_logger().info(
-                        "backplane: subscribed again to %s after %.1f s (%d attempts)",
-                        self.channel, time.monotonic() - lost_at, attempts)
-                lost_at, attempts, delay = None, 0, RETRY_FIRST
+                self._get_logger().info(
+                    "backplane: subscribed %sto %s after %.1f s (%d attempts)",
+                    "again " if ever else "", self.channel,
+                    time.monotonic() - lost_at, attempts + 1)
+                ever, lost_at, attempts, delay = True, None, 0, RETRY_FIRST
                 async for data in self._messages(pubsub):
                     yield data
             except (OSError, RedisError) as exc:
-                if lost_at is None:
-                    lost_at = time.monotonic()
-                    self._get_logger().warning(
-                        "backplane: subscription lost (%s); retrying every %.2f-%.1f s",
-                        exc or type(exc).__name__, RETRY_FIRST, RETRY_MAX)
                 self.subscribed = False
+                if lost_at is None or attempts == 0:
+                    lost_at = lost_at or time.monotonic()
+                    self._get_logger().warning(
+                        "backplane: %s (%s); retrying every %.2f-%.1f s",
+                        "subscription lost" if ever else "cannot subscribe yet",
+                        exc or type(exc).__name__, RETRY_FIRST, RETRY_MAX)
                 attempts += 1
-                await asyncio.sleep(delay)
+                await _close_quietly(pubsub)
+                # Jitter, so replicas do not all hit a returning Redis at once.
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, RETRY_MAX)
             finally:
                 self.subscribed = False
                 await _close_quietly(pubsub)
+
+    async def _subscribe(self, pubsub) -> None:
+        """SUBSCRIBE and wait for Redis to confirm it.
+
+        redis-py only writes the command; until the confirmation arrives the
+        replica is not really listening, and must not say it is.
+        """
+        await pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + CONFIRM_WITHIN
+        while time.monotonic() < deadline:
+            reply = await pubsub.get_message(timeout=0.2)
+            if reply is not None and reply["type"] == "subscribe":
+                return
+        raise ConnectionError(f"SUBSCRIBE not confirmed within {CONFIRM_WITHIN} s")
 
     async def _messages(self, pubsub):
         """Yield the payloads published on the channel, probing a silent link."""
