@@ -12,6 +12,7 @@ REDIS_URL ?=
 PYTHON ?= python3
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
+BENCH_ARGS ?=
 RUN_PORT ?= 8000
 
 VENV := .venv
@@ -22,7 +23,7 @@ DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
 COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
 CLUSTER := $(BIN)/chat-cluster
 
-.PHONY: install run up down scale ps logs test test-fast lint screenshot bench chaos clean
+.PHONY: install run up down scale ps logs test test-fast lint screenshot bench bench-chart chaos clean
 
 install: $(STAMP) $(BUNDLE)
 
@@ -86,6 +87,16 @@ lint: install
 
 screenshot: install
 	SCREENSHOT_OUT=docs/screenshot.png $(BIN)/pytest -q tests/test_browser.py -k screenshot
+
+# The benchmark sweep behind docs/benchmarks.md (several minutes; run it on
+# a quiet machine), and the chart drawn from its results.
+bench: install
+	$(BIN)/python -m chat.sweep $(BENCH_ARGS)
+	$(MAKE) bench-chart
+
+bench-chart: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m chat.sweep --chart docs/benchmarks.png
 
 # Steady load through NGINX while Redis and then a replica are killed; prints
 # sent / delivered / lost / duplicated per phase (docs/reliability.md).

@@ -106,28 +106,33 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def alive(pid: int | None) -> bool:
-    """Is the process group led by ``pid`` (a process and its children) alive?
+    """Is ``pid``, or any process of the group it leads, alive?
 
-    Every process here is started as the leader of its own session and
-    group, so the group also covers gunicorn's worker after its master died.
+    Processes started here lead their own session and group, so the group
+    also covers gunicorn's worker after its master died.
     """
     if not pid:
         return False
     _reap(pid)
     proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: ask the kernel about the group
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    if not proc.is_dir():  # not Linux: ask the kernel
+        for probe in (os.kill, os.killpg):
+            try:
+                probe(pid, 0)
+                return True
+            except PermissionError:
+                return True
+            except ProcessLookupError:
+                continue
+        return False
     for stat in proc.glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            head, tail = stat.read_text().rsplit(") ", 1)
+            fields = tail.split()
             # fields[0] is the state, fields[2] the process group
-            if int(fields[2]) == pid and fields[0] not in ("Z", "X"):
+            if fields[0] in ("Z", "X"):
+                continue
+            if int(fields[2]) == pid or int(head.split(" (", 1)[0]) == pid:
                 return True
     return False
 
@@ -137,10 +142,10 @@ def _signal(pid: int, sig: int) -> None:
     signal to the leader, which passes it on in its own way (gunicorn's
     master tells its worker to drain)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if sig == signal.SIGKILL:
+        os.kill(pid, sig)
+    if sig == signal.SIGKILL:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
 
 
 def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
@@ -312,18 +317,26 @@ class LocalCluster:
     def up(self, replicas: int = 3, mode: str = "socketio", port: int = 8080,
            redis_url: str | None = None, env: dict[str, str] | None = None,
            proxy: bool = True) -> None:
-        """Start everything; ``proxy=False`` leaves NGINX out (backplane tests)."""
+        """Start everything; ``proxy=False`` leaves NGINX out (backplane tests).
+
+        ``mode="memory"`` is one replica with no Redis (a baseline for
+        benchmarks): several such replicas would be several separate chats.
+        """
         if self.running():
             raise ClusterError(
                 f"a cluster is already running from {self.state_dir} (chat-cluster down first)")
         if replicas < 1:
             raise ClusterError("replicas must be at least 1")
+        if mode == "memory" and replicas != 1:
+            raise ClusterError("memory mode runs exactly one replica (no Redis to join them)")
         nginx = find_binary("nginx") if proxy else None
         self.port, self.mode = port, mode
         self.extra_env = dict(env or {})
         self.replicas, self.nginx_pid, self.redis = [], None, None
         try:
-            if redis_url:
+            if mode == "memory":
+                self.redis_url = ""  # replicas read an empty REDIS_URL as unset
+            elif redis_url:
                 self.redis_url = redis_url
             else:
                 self.redis = RedisProcess(port=free_port(), log=self.logs / "redis.log")
@@ -372,7 +385,8 @@ class LocalCluster:
         env.update(self.extra_env)
         env.update({
             "REDIS_URL": self.redis_url,
-            "REDIS_MODE": self.mode,
+            # memory: no Redis, and REDIS_MODE is then not read at all
+            "REDIS_MODE": "socketio" if self.mode == "memory" else self.mode,
             "SERVER_ID": replica.server_id,
             "PYTHONUNBUFFERED": "1",
         })
@@ -402,7 +416,13 @@ class LocalCluster:
                             self.replica_env(replica))
 
     def wait_replica(self, replica: Replica, timeout: float = 30) -> None:
-        wait_until(lambda: http_ok(f"{replica.url}/healthz"), timeout,
+        """Wait until the replica serves and, with our own Redis, is subscribed.
+
+        With an external REDIS_URL only liveness is awaited: that Redis may
+        be down, and the replica is meant to start anyway.
+        """
+        check = "readyz" if self.redis is not None else "healthz"
+        wait_until(lambda: http_ok(f"{replica.url}/{check}"), timeout,
                    replica.server_id, self.logs / f"{replica.server_id}.log", replica.pid)
 
     def replica(self, server_id: str) -> Replica:
@@ -514,7 +534,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Redis, N replicas and NGINX")
     up.add_argument("--replicas", "-n", type=int, default=3)
-    up.add_argument("--mode", choices=("socketio", "pubsub"), default="socketio")
+    up.add_argument("--mode", choices=("socketio", "pubsub", "memory"), default="socketio",
+                    help="backplane; memory = one replica without Redis")
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
     scale = sub.add_parser("scale", help="change the number of replicas")

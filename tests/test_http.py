@@ -40,7 +40,8 @@ def single_node(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     with open(tmp_path / "chat.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "chat", "--port", str(port)], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

@@ -1,0 +1,153 @@
+"""chat-bench at rising rates, per topology: the numbers in docs/benchmarks.md.
+
+``python -m chat.sweep`` brings up each topology with ``chat.cluster`` (one
+replica in memory; 3 replicas + Redis + NGINX in each backplane mode), runs
+``chat-bench`` against it at rising offered rates, and stops a topology's
+climb once delivery drops below 100% or p99 passes 100 ms.  Results go to a
+JSON file; ``--chart`` draws p99 latency against delivered messages/s from
+that file (matplotlib, the ``bench`` extra) and ``--table`` prints the
+markdown table.
+
+The load: C clients in one room (every message goes to every client), S
+senders sharing the offered rate.  Replicas run with the per-connection rate
+limit lifted (MESSAGE_RATE), since the senders here are machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .cluster import ROOT, LocalCluster, free_port
+
+TOPOLOGIES = {
+    "memory": {"replicas": 1, "mode": "memory"},
+    "socketio": {"replicas": 3, "mode": "socketio"},
+    "pubsub": {"replicas": 3, "mode": "pubsub"},
+}
+DEFAULT_RATES = (2000, 5000, 10000, 15000, 20000, 30000, 40000)  # deliveries/s
+P99_LIMIT_MS = 100.0
+BENCH_ENV = {"MESSAGE_RATE": "100000", "MESSAGE_BURST": "100000"}
+
+
+def run_bench(url: str, deliveries: int, clients: int, senders: int, duration: float,
+              processes: int) -> dict:
+    per_sender = deliveries / clients / senders
+    argv = [sys.executable, "-m", "chat.bench", "--json", "--url", url,
+            "--clients", str(clients), "--senders", str(senders),
+            "--rate", f"{per_sender:.3f}", "--duration", str(duration), "--warmup", "2",
+            "--processes", str(processes)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"chat-bench failed: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def summarize(report: dict) -> dict:
+    """The few numbers a sweep keeps from one chat-bench report."""
+    latency = report["latency_ms"]
+    return {
+        "offered_deliveries": report["expected_per_s"],
+        "delivered_per_s": report["delivered_per_s"],
+        "delivery_ratio": report["delivery_ratio"],
+        "p50_ms": latency["p50"], "p90_ms": latency["p90"],
+        "p99_ms": latency["p99"], "max_ms": latency["max"],
+        "generator_cpu_pct": round(report["cpu_measuring_pct"] or 0, 1),
+        "replicas": report["replicas"],
+    }
+
+
+def sweep(topologies, rates, clients, senders, duration, processes, out: Path) -> list[dict]:
+    results = json.loads(out.read_text()) if out.exists() else []
+    for name in topologies:
+        results = [r for r in results if r["topology"] != name]
+        with tempfile.TemporaryDirectory() as state:
+            cluster = LocalCluster(Path(state))
+            try:
+                cluster.up(port=free_port(), env=BENCH_ENV, **TOPOLOGIES[name])
+                for rate in rates:
+                    point = summarize(run_bench(cluster.url, rate, clients, senders,
+                                                duration, processes))
+                    point.update(topology=name, target=rate)
+                    results.append(point)
+                    out.write_text(json.dumps(results, indent=1) + "\n")
+                    print(f"{name:9} {rate:>6}/s -> delivered {point['delivered_per_s']:>8.0f}/s "
+                          f"({point['delivery_ratio']:.2%}), p99 {point['p99_ms']} ms, "
+                          f"generator CPU {point['generator_cpu_pct']}", flush=True)
+                    if point["delivery_ratio"] < 1 or (point["p99_ms"] or 0) > P99_LIMIT_MS:
+                        break
+                    time.sleep(1)
+            finally:
+                cluster.down()
+    return results
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| topology | offered deliveries/s | delivered/s | delivered | p50 ms | p90 ms "
+             "| p99 ms | max ms | generator CPU % of a core |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        lines.append(
+            f"| {r['topology']} | {r['offered_deliveries']:,.0f} | {r['delivered_per_s']:,.0f} "
+            f"| {r['delivery_ratio']:.2%} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['generator_cpu_pct']} |")
+    return "\n".join(lines)
+
+
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for name in TOPOLOGIES:
+        points = [r for r in results if r["topology"] == name]
+        if points:
+            ax.plot([p["delivered_per_s"] for p in points], [p["p99_ms"] for p in points],
+                    marker="o", label=name)
+    ax.axhline(P99_LIMIT_MS, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("delivered messages/s (all clients)")
+    ax.set_ylabel("p99 end-to-end latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("chat-bench: 100 clients in one room")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chat.sweep",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--topology", action="append", choices=list(TOPOLOGIES))
+    parser.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)),
+                        help="offered deliveries/s, comma-separated")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    parser.add_argument("--chart", type=Path, help="only draw the chart from --out")
+    parser.add_argument("--table", action="store_true", help="only print the table from --out")
+    args = parser.parse_args(argv)
+    if args.chart:
+        chart(json.loads(args.out.read_text()), args.chart)
+        return 0
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return 0
+    rates = [int(r) for r in args.rates.split(",")]
+    results = sweep(args.topology or list(TOPOLOGIES), rates, args.clients, args.senders,
+                    args.duration, args.processes, args.out)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
