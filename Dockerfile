@@ -14,14 +14,18 @@ RUN npm ci --no-audit --no-fund
 
 FROM nginx:1.27-alpine AS web
 # The image's entrypoint renders templates/*.template with envsubst into
-# NGINX_ENVSUBST_OUTPUT_DIR, touching only the variables defined here.
+# NGINX_ENVSUBST_OUTPUT_DIR; the filter limits it to our CHAT_ variables, so
+# NGINX's own $variables are left alone.  `resolve` (NGINX >= 1.27.3) keeps
+# the upstream following Docker's DNS as replicas are scaled or restarted.
 ENV NGINX_ENVSUBST_OUTPUT_DIR=/etc/nginx \
+    NGINX_ENVSUBST_FILTER=^CHAT_ \
     CHAT_RUN_DIR=/tmp \
     CHAT_MIME_TYPES=/etc/nginx/mime.types \
     CHAT_ACCESS_LOG=/dev/stdout \
     CHAT_WEB_ROOT=/usr/share/nginx/html \
     CHAT_LISTEN=8080 \
-    CHAT_UPSTREAM_SERVERS="server server:8000 max_fails=1 fail_timeout=5s;"
+    CHAT_RESOLVER="resolver 127.0.0.11 valid=5s ipv6=off;" \
+    CHAT_UPSTREAM_SERVERS="server server:8000 resolve max_fails=1 fail_timeout=5s;"
 RUN rm -f /etc/nginx/conf.d/default.conf
 COPY deploy/nginx.conf /etc/nginx/templates/nginx.conf.template
 COPY web/ /usr/share/nginx/html/

@@ -14,6 +14,7 @@ import logging
 
 from aiohttp import web
 
+from . import jsonio
 from .backplane import create_manager
 from .events import ChatNamespace
 from .keys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, SETTINGS, SIO
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     manager = create_manager(settings, metrics, logger)
     sio = ChatServer(
         async_mode="aiohttp",
+        json=jsonio,
         client_manager=manager,
         cors_allowed_origins=_cors(settings),
         max_http_buffer_size=settings.max_frame_bytes,
@@ -103,6 +105,7 @@ async def backplane_lifetime(app: web.Application):
     sio.manager.initialize()
     logger.info("replica %s up, backplane %s", settings.server_id, settings.mode)
     yield
+    await app[NAMESPACE].flush()  # leave notices of the drained clients
     await sio.shutdown()  # Engine.IO's service task
     await app[MANAGER].close()
     await _cancel_ping_timers()

@@ -500,10 +500,10 @@ class Chaos:
         if phase == "steady":
             return "nothing broken" if cluster else f"external cluster {self.url}"
         if phase == "redis-down":
-            await asyncio.to_thread(cluster.redis.stop)
+            await asyncio.to_thread(cluster.stop_redis)
             return "Redis stopped (SIGTERM)"
         if phase == "redis-back":
-            await asyncio.to_thread(self.start_redis)
+            await asyncio.to_thread(cluster.start_redis)
             return "Redis started again on the same port"
         if phase == "replica-killed":
             held = self.clients_per_replica()
@@ -518,12 +518,6 @@ class Chaos:
             return (f"{self.victim} restarted and back behind NGINX after "
                     f"{time.monotonic() - began:.1f} s (clients stay where they reconnected)")
         raise ValueError(phase)
-
-    def start_redis(self) -> None:
-        self.cluster.redis.start()
-        # Record the new PID, so a later `chat-cluster down --state-dir ...`
-        # would stop this Redis too if this process were killed outright.
-        self.cluster._save()
 
     async def send_loop(self, member: Member, start: float) -> None:
         options = self.options

@@ -137,6 +137,18 @@ def alive(pid: int | None) -> bool:
     return False
 
 
+def started_at(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, from /proc), or None.
+
+    Together with the PID this names one process for good: a PID can be
+    reused, a (PID, start time) pair cannot.
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _signal(pid: int, sig: int) -> None:
     """SIGKILL goes to the whole group (nothing may survive it); any other
     signal to the leader, which passes it on in its own way (gunicorn's
@@ -290,6 +302,19 @@ class LocalCluster:
                                       log=self.logs / "redis.log")
         self.replicas = [Replica(**r) for r in state["replicas"]]
         self.nginx_pid = state.get("nginx_pid")
+        # A PID recorded before a reboot or a crash may belong to some other
+        # process by now: forget every PID whose start time has changed, so
+        # that `down` never signals a stranger.
+        starts = state.get("starts", {})
+
+        def ours(pid):
+            return pid if pid and starts.get(str(pid)) == started_at(pid) else None
+
+        self.nginx_pid = ours(self.nginx_pid)
+        for replica in self.replicas:
+            replica.pid = ours(replica.pid)
+        if self.redis:
+            self.redis.pid = ours(self.redis.pid)
 
     def _save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +324,7 @@ class LocalCluster:
             "redis": {"port": self.redis.port, "pid": self.redis.pid} if self.redis else None,
             "replicas": [dataclasses.asdict(r) for r in self.replicas],
             "nginx_pid": self.nginx_pid,
+            "starts": {str(pid): started_at(pid) for pid in self._pids()},
         }
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
 
@@ -368,8 +394,10 @@ class LocalCluster:
             stop_pids([replica.pid for replica in leaving])
 
     def down(self) -> None:
-        # NGINX first (no new traffic), then replicas (graceful), then Redis.
-        stop_pid(self.nginx_pid, signal.SIGQUIT)
+        # NGINX first (no new traffic; SIGTERM is its fast shutdown, which
+        # also ends old workers still holding WebSockets), then replicas
+        # (graceful), then Redis.
+        stop_pid(self.nginx_pid, signal.SIGTERM)
         self.nginx_pid = None
         stop_pids([replica.pid for replica in self.replicas])
         self.replicas = []
@@ -378,6 +406,17 @@ class LocalCluster:
             self.redis = None
         if self.state_file.exists():
             self.state_file.unlink()
+
+    # -- redis ----------------------------------------------------------
+    def stop_redis(self) -> None:
+        """Stop the cluster's own Redis (an outage); the replicas stay up."""
+        self.redis.stop()
+        self._save()
+
+    def start_redis(self) -> None:
+        """Start the cluster's own Redis again, on the same port."""
+        self.redis.start()
+        self._save()
 
     # -- replicas -------------------------------------------------------
     def replica_env(self, replica: Replica) -> dict[str, str]:
@@ -467,6 +506,7 @@ class LocalCluster:
             "CHAT_MIME_TYPES": mime or str(ROOT / "deploy" / "mime.types"),
             "CHAT_ACCESS_LOG": str(self.logs / "nginx-access.log"),
             "CHAT_LISTEN": f"127.0.0.1:{self.port}",
+            "CHAT_RESOLVER": "# (fixed local ports: no resolver)",
             "CHAT_WEB_ROOT": str(ROOT / "web"),
             "CHAT_UPSTREAM_SERVERS": upstream_lines(
                 [r.port for r in self.replicas if r.server_id != leaving]),

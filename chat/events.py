@@ -19,6 +19,7 @@ Anything else a client sends gets ``{"ok": false, "error": ...}`` as its ack.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -62,6 +63,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.log = logger
         self.clients: dict[str, Client] = {}
+        self._notices: set[asyncio.Task] = set()
 
     async def trigger_event(self, event, *args):
         """Route an event, refusing names the protocol does not define.
@@ -88,7 +90,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             if event == "connect":
                 raise socketio.exceptions.ConnectionRefusedError("internal error") from None
             return refusal("internal error")
-        self.log.info("unknown event %.40r from %s", event, sid)
+        # Unknown events cost the sender a token like messages do, so they
+        # cannot be used to flood the replica or its log.
+        client = self.clients.get(sid)
+        if client is not None and not client.messages.take():
+            return refusal("rate limit: too many requests, slow down")
+        self.log.debug("unknown event %.40r from %s", event, sid)
         return refusal(f"unknown event {str(event)[:40]!r}")
 
     async def on_connect(self, sid, environ, auth=None):
@@ -98,12 +105,6 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.log.info("refused %s from %s: %s", sid, _address(environ), exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         s = self.settings
-        self.clients[sid] = Client(
-            name=name, room=room,
-            messages=TokenBucket(s.message_rate, s.message_burst),
-            typing=TokenBucket(5.0, 10),
-        )
-        self.metrics.connected.inc()
         await self.enter_room(sid, room)
         welcome = {
             "server": s.server_id, "mode": s.mode, "sid": sid, "name": name,
@@ -111,8 +112,15 @@ class ChatNamespace(socketio.AsyncNamespace):
         }
         # The client is on this replica: no need to cross the backplane.
         await self.emit("welcome", welcome, to=sid, ignore_queue=True)
+        # Registered last: if anything above failed, nothing is left behind.
+        self.clients[sid] = Client(
+            name=name, room=room,
+            messages=TokenBucket(s.message_rate, s.message_burst),
+            typing=TokenBucket(5.0, 10),
+        )
+        self.metrics.connected.inc()
         self.log.info("connect %s name=%r room=%r from %s", sid, name, room, _address(environ))
-        await self._notice(room, name, "join", skip_sid=sid)
+        self._notice(room, name, "join", skip_sid=sid)
 
     async def on_disconnect(self, sid, reason=None):
         client = self.clients.pop(sid, None)
@@ -120,7 +128,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             return
         self.metrics.connected.dec()
         self.log.info("disconnect %s name=%r (%s)", sid, client.name, reason)
-        await self._notice(client.room, client.name, "leave")
+        self._notice(client.room, client.name, "leave")
 
     async def on_message(self, sid, payload):
         started = time.perf_counter()
@@ -160,8 +168,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             await self.enter_room(sid, room)
             client.room = room
             self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
-            await self._notice(old, client.name, "leave")
-            await self._notice(room, client.name, "join", skip_sid=sid)
+            self._notice(old, client.name, "leave")
+            self._notice(room, client.name, "join", skip_sid=sid)
         return {"ok": True, "room": room}
 
     async def on_typing(self, sid, payload):
@@ -176,15 +184,32 @@ class ChatNamespace(socketio.AsyncNamespace):
             return refusal(LOCAL_ONLY)
         return {"ok": True}
 
-    async def _notice(self, room, name, kind, skip_sid=None):
+    def _notice(self, room, name, kind, skip_sid=None) -> None:
+        """Tell a room that someone joined or left, in the background.
+
+        Nobody waits for a notice, so a slow or absent Redis must not hold up
+        the connect, join or disconnect that caused it.
+        """
         notice = system_notice(room=room, name=name, kind=kind,
                                server=self.settings.server_id)
+        task = asyncio.ensure_future(self._send_notice(notice, room, skip_sid))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _send_notice(self, notice, room, skip_sid) -> None:
         # If Redis is down the manager has logged it, and the members on this
         # replica have the notice already: nothing more to do.
         with contextlib.suppress(BackplaneUnavailable):
             await self.emit("system", notice, room=room, skip_sid=skip_sid)
 
+    async def flush(self, timeout: float = 2.0) -> None:
+        """Let notices still being sent finish (at shutdown)."""
+        if self._notices:
+            await asyncio.wait(set(self._notices), timeout=timeout)
+
 
 def _address(environ) -> str:
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
-    return forwarded.split(",")[0].strip() or environ.get("REMOTE_ADDR", "?")
+    """The client's address as NGINX saw it (X-Real-IP), else the peer's.
+
+    Not the first X-Forwarded-For entry: the client writes that one."""
+    return environ.get("HTTP_X_REAL_IP") or environ.get("REMOTE_ADDR", "?")

@@ -76,10 +76,11 @@ def sweep(topologies, rates, clients, senders, duration, processes, out: Path) -
                     point.update(topology=name, target=rate)
                     results.append(point)
                     out.write_text(json.dumps(results, indent=1) + "\n")
+                    ratio = point["delivery_ratio"] or 0.0
                     print(f"{name:9} {rate:>6}/s -> delivered {point['delivered_per_s']:>8.0f}/s "
-                          f"({point['delivery_ratio']:.2%}), p99 {point['p99_ms']} ms, "
+                          f"({ratio:.2%}), p99 {point['p99_ms']} ms, "
                           f"generator CPU {point['generator_cpu_pct']}", flush=True)
-                    if point["delivery_ratio"] < 1 or (point["p99_ms"] or 0) > P99_LIMIT_MS:
+                    if ratio < 1 or (point["p99_ms"] or 0) > P99_LIMIT_MS:
                         break
                     time.sleep(1)
             finally:
@@ -91,11 +92,16 @@ def table(results: list[dict]) -> str:
     lines = ["| topology | offered deliveries/s | delivered/s | delivered | p50 ms | p90 ms "
              "| p99 ms | max ms | generator CPU % of a core |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def num(value, spec):
+        return "-" if value is None else format(value, spec)
+
     for r in results:
         lines.append(
-            f"| {r['topology']} | {r['offered_deliveries']:,.0f} | {r['delivered_per_s']:,.0f} "
-            f"| {r['delivery_ratio']:.2%} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} "
-            f"| {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['generator_cpu_pct']} |")
+            f"| {r['topology']} | {num(r['offered_deliveries'], ',.0f')} "
+            f"| {num(r['delivered_per_s'], ',.0f')} | {num(r['delivery_ratio'], '.2%')} "
+            f"| {num(r['p50_ms'], '.1f')} | {num(r['p90_ms'], '.1f')} "
+            f"| {num(r['p99_ms'], '.1f')} | {num(r['max_ms'], '.1f')} "
+            f"| {r['generator_cpu_pct']} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
 # gunicorn settings for one chat replica (the bind address comes from the
 # command line: `gunicorn -c deploy/gunicorn.conf.py --bind HOST:PORT`).
 
-# aiohttp's worker runs the app from chat.app:gunicorn_app, an async factory.
+# aiohttp's worker runs the app from chat.app:gunicorn_app, an async factory,
+# on uvloop's event loop (faster than asyncio's own, docs/benchmarks.md).
 wsgi_app = "chat.app:gunicorn_app"
-worker_class = "aiohttp.GunicornWebWorker"
+worker_class = "aiohttp.GunicornUVLoopWebWorker"
 
 # One worker per replica: a Socket.IO session lives in one process's memory,
 # and the cluster scales by adding replicas, each behind NGINX's sticky hash.

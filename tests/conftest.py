@@ -30,7 +30,10 @@ def redis_factory(tmp_path):
 
     yield create
     for redis in started:
-        redis.stop()
+        try:
+            redis.stop()
+        except Exception:  # keep going: the others must stop too
+            continue
 
 
 class ClusterPool:
@@ -50,8 +53,15 @@ class ClusterPool:
         return cluster
 
     def close(self) -> None:
+        """Stop every cluster, even if stopping one of them fails."""
+        errors = []
         for cluster in self.clusters:
-            cluster.down()
+            try:
+                cluster.down()
+            except Exception as exc:  # keep going: the others must stop too
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ async def test_redis_outage(cluster_factory, connect, mode):
     assert await crosses(ana, caio, "before") or await until(
         lambda: any(t.startswith("before") for t in caio.texts()), 5, "baseline")
 
-    cluster.redis.stop()
+    cluster.stop_redis()
     down_at = time.monotonic()
     await until(lambda: all_ready(cluster, 503), 5, "readyz 503 on every replica")
 
@@ -80,7 +80,7 @@ async def test_redis_outage(cluster_factory, connect, mode):
     await ada.wait_for(lambda: "during the outage" in ada.texts())  # same replica
 
     await asyncio.sleep(max(0.0, 5 - (time.monotonic() - down_at)))
-    cluster.redis.start()
+    cluster.start_redis()
     ready_after = await until(lambda: all_ready(cluster), 30, "readyz 200 again")
     cross_after = await until(lambda: crosses(bia, caio, "after"), 30, "delivery again")
     print(f"\n{mode}: ready {ready_after:.2f} s, delivering {cross_after:.2f} s after Redis")

@@ -103,8 +103,8 @@ def test_readyz_follows_redis(cluster_factory, mode):
     cluster = cluster_factory(replicas=1, mode=mode, proxy=False)
     ready = cluster.replicas[0].url + "/readyz"
     wait_status(ready, 200, 10)
-    cluster.redis.stop()
+    cluster.stop_redis()
     wait_status(ready, 503, 5)
     assert get(cluster.replicas[0].url + "/healthz")[0] == 200  # alive, not ready
-    cluster.redis.start()
+    cluster.start_redis()
     wait_status(ready, 200, 15)

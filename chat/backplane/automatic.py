@@ -26,15 +26,13 @@ import asyncio
 import sys
 
 import socketio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..logs import Throttle
 from .base import BackplaneUnavailable, Observed, redis_options
 
 
 class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
-    mode = "socketio"
-
     def __init__(self, url, *, channel, client_name, metrics, logger=None):
         # The library logs two ERROR lines per failed publish; during an
         # outage that is two per chat message.  Its logger repeats itself at
@@ -71,16 +69,20 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
             self.metrics.received.inc()
             yield message
 
-    async def _handle_emit(self, message):
-        self._count_local(message.get("event"), message.get("namespace"),
-                          message.get("room"), message.get("skip_sid"))
-        await super()._handle_emit(message)
-
     async def ready(self):
         if self.redis is None:
             return False, "not connected to Redis yet"
         try:
             clients = await asyncio.wait_for(self.redis.client_list(_type="pubsub"), 1.0)
+        except ResponseError as exc:
+            if "NOPERM" not in str(exc):
+                raise
+            # An ACL without CLIENT LIST (@admin): count subscribers instead,
+            # which cannot tell whether one of them is us.
+            numsub = await asyncio.wait_for(self.redis.pubsub_numsub(self.channel), 1.0)
+            if numsub and numsub[0][1] > 0:
+                return True, "channel has subscribers (CLIENT LIST not permitted)"
+            return False, "no subscriber on the Redis channel"
         except (TimeoutError, OSError, RedisError):
             return False, "Redis does not answer"
         if not any(c.get("name") == self.client_name and int(c.get("sub", 0)) > 0

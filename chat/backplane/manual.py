@@ -33,8 +33,9 @@ another replica, acted on only by the replica that holds it.
 
 Failure handling, which is what this file adds over the library:
 
-* ``_publish`` tries twice, then raises ``BackplaneUnavailable``; the sender's
-  ack says the message reached only this replica.  Local delivery has
+* ``_publish`` raises ``BackplaneUnavailable`` when Redis does not take the
+  message (redis-py retries once on a broken connection); the sender's ack
+  says the message reached only this replica.  Local delivery has
   already happened, so users on this replica keep chatting through an outage.
 * ``_publish`` also refuses while this replica is not subscribed: Redis
   accepts PUBLISH again the moment it is back, before the replicas have
@@ -73,7 +74,6 @@ DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
 
 class ManualRedisManager(Observed, AsyncPubSubManager):
     name = "chat-pubsub"
-    mode = "pubsub"
 
     def __init__(self, url, *, channel, client_name, metrics, logger=None):
         super().__init__(channel=channel, logger=logger, metrics=metrics)
@@ -92,23 +92,19 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
             self.metrics.publish_failures.inc()
             raise BackplaneUnavailable("not subscribed to the Redis channel")
         payload = self.json.dumps(message)
-        error = None
-        for _attempt in range(2):
-            try:
-                await self.redis.publish(self.channel, payload)
-            except (OSError, RedisError) as exc:
-                error = exc
-                continue
-            self.metrics.published.inc()
-            if self._publish_failing:
-                self._publish_failing = False
-                self._get_logger().info("backplane: PUBLISH works again")
-            return
-        self.metrics.publish_failures.inc()
-        if not self._publish_failing:
-            self._publish_failing = True
-            self._get_logger().warning("backplane: PUBLISH failed: %s", error)
-        raise BackplaneUnavailable(f"Redis is unreachable ({error})")
+        try:
+            # redis-py retries once on a broken connection (redis_options)
+            await self.redis.publish(self.channel, payload)
+        except (OSError, RedisError) as exc:
+            self.metrics.publish_failures.inc()
+            if not self._publish_failing:
+                self._publish_failing = True
+                self._get_logger().warning("backplane: PUBLISH failed: %s", exc)
+            raise BackplaneUnavailable(f"Redis is unreachable ({exc})") from None
+        self.metrics.published.inc()
+        if self._publish_failing:
+            self._publish_failing = False
+            self._get_logger().info("backplane: PUBLISH works again")
 
     # -- transport hook 2: receive ---------------------------------------
     async def _listen(self):
@@ -182,11 +178,6 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
                 pinged = True
 
     # -- what the rest of the app asks -----------------------------------
-    async def _handle_emit(self, message):
-        self._count_local(message.get("event"), message.get("namespace"),
-                          message.get("room"), message.get("skip_sid"))
-        await super()._handle_emit(message)
-
     async def ready(self):
         if not self.subscribed:
             return False, "not subscribed to the Redis channel"
