@@ -14,17 +14,20 @@ How a run goes:
    staggered so the senders do not fire together.  The schedule is open loop:
    a send never waits for an earlier acknowledgement, so a slow server shows
    up as latency and loss rather than as a lower offered rate.
-4. **Measure.**  Each text carries a stamp: run id, sender, sequence number,
-   send time in nanoseconds (``time.time_ns()``; generator and servers share
-   a clock) and whether it was sent during the ``--warmup``.  Receivers turn
-   the stamps of measured messages into end-to-end latency.
+4. **Measure.**  Each text carries a stamp (:mod:`chat.load`): run id,
+   sender, sequence number, send time in nanoseconds and whether it was sent
+   during the ``--warmup``.  Receivers turn the stamps of measured messages
+   into end-to-end latency: the send time and the arrival time both come
+   from the generator's clock (``time.time_ns()``, one machine), never from
+   a server's.
 5. **Drain and report.**  After the last send, workers wait until deliveries
    and acknowledgements stop arriving (at most ``--drain`` seconds),
    disconnect, and hand their tallies to the parent, which merges them and
    prints a table (or one JSON object with ``--json``).
 
-Pure pieces (the plan, stamps, the schedule, percentiles, merging and the
-report) are plain functions and dataclasses, tested without a server.
+Pure pieces (the plan, percentiles, merging and the report here; stamps
+and the schedule in :mod:`chat.load`) are plain functions and dataclasses,
+tested without a server.
 """
 
 from __future__ import annotations
@@ -44,16 +47,23 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from urllib.parse import urlsplit
+from collections.abc import Iterable, Sequence
 
 import aiohttp
-import socketio
 
-from .client import ack_error, diagnose, refusal_reason, sticky_url
+from .load import Stamp, decode_stamp, encode_stamp, on_schedule, send_times, until_quiet
+from .session import (
+    DEFAULT_URL,
+    ClientError,
+    Session,
+    Unreachable,
+    ack_error,
+    check_arguments,
+    diagnose,
+    http_url,
+    stderr_notes,
+)
 
-DEFAULT_URL = "http://localhost:8080"
-STAMP_MARK = "bench1"
 # How long deliveries must pause, after the last send, before a worker
 # decides nothing more is on its way.
 QUIET = 0.5
@@ -61,13 +71,7 @@ QUIET = 0.5
 # clients in seconds without a thundering herd against NGINX.
 CONNECT_CONCURRENCY = 32
 
-
-class BenchError(Exception):
-    """A failure to show as one line on stderr."""
-
-
-class Unreachable(BenchError):
-    """The Engine.IO handshake failed (as opposed to a refused login)."""
+note = stderr_notes("chat-bench")
 
 
 # -- the plan -------------------------------------------------------------------
@@ -121,48 +125,6 @@ class Plan:
     def send_end(self) -> float:
         """Seconds from the start instant to the end of sending."""
         return self.warmup + self.duration
-
-
-def send_times(start: float, rate: float, offset: float, end: float) -> Iterator[float]:
-    """One sender's send instants: ``start + offset``, then every ``1/rate``
-    seconds, up to (not including) ``end``.  Computed from the index, not by
-    adding intervals, so rounding errors do not pile up."""
-    n = 0
-    while (due := start + offset + n / rate) < end:
-        yield due
-        n += 1
-
-
-# -- stamps ----------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Stamp:
-    run_id: str
-    sender: int
-    seq: int
-    sent_ns: int
-    warmup: bool
-
-
-def encode_stamp(stamp: Stamp) -> str:
-    phase = "w" if stamp.warmup else "m"
-    return f"{STAMP_MARK} {stamp.run_id} {stamp.sender} {stamp.seq} {stamp.sent_ns} {phase}"
-
-
-def decode_stamp(text, run_id: str | None = None) -> Stamp | None:
-    """The stamp in a message text, or None if the text is not one of ours
-    (or belongs to another run when ``run_id`` is given)."""
-    if not isinstance(text, str) or not text.startswith(STAMP_MARK):
-        return None
-    parts = text.split()
-    if len(parts) != 6 or parts[0] != STAMP_MARK or parts[5] not in ("w", "m"):
-        return None
-    if run_id is not None and parts[1] != run_id:
-        return None
-    try:
-        return Stamp(parts[1], int(parts[2]), int(parts[3]), int(parts[4]), parts[5] == "w")
-    except ValueError:
-        return None
 
 
 # -- statistics ------------------------------------------------------------------
@@ -286,12 +248,9 @@ def build_report(plan: Plan, tally: Tally, window: float, wall: float,
     }
 
 
-def _ms(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{value:.1f}%"
+def figure(value, spec: str, unit: str = "") -> str:
+    """``value`` formatted with ``spec`` and followed by ``unit``, or "-" for None."""
+    return "-" if value is None else format(value, spec) + unit
 
 
 def format_report(r: dict) -> str:
@@ -309,63 +268,44 @@ def format_report(r: dict) -> str:
         ("replicas", replicas),
         ("offered", f"{r['sent_per_s']:.1f} msg/s sent -> {r['expected_per_s']:.1f} "
                     f"deliveries/s expected ({r['sent']} msgs, {r['expected']} deliveries)"),
-        ("delivered", f"{r['received']} of {r['expected']} ({_pct_ratio(r['delivery_ratio'])}), "
+        ("delivered", f"{r['received']} of {r['expected']} ({figure(r['delivery_ratio'], '.2%')}), "
                       f"{r['delivered_per_s']:.1f} msg/s"),
-        ("latency ms", f"p50 {_ms(lat['p50'])}  p90 {_ms(lat['p90'])}  "
-                       f"p99 {_ms(lat['p99'])}  max {_ms(lat['max'])}"),
-        ("ack ms", f"p50 {_ms(ack['p50'])}  p90 {_ms(ack['p90'])}  "
-                   f"p99 {_ms(ack['p99'])}  max {_ms(ack['max'])}"),
+        ("latency ms", "  ".join(f"{q} {figure(ms, '.1f')}" for q, ms in lat.items())),
+        ("ack ms", "  ".join(f"{q} {figure(ms, '.1f')}" for q, ms in ack.items())),
         ("acks", f"{r['acks_ok']} ok, {r['ack_errors']} errors, {r['acks_missing']} missing"
                  + (f" ({errors})" if errors else "")),
         ("anomalies", f"{r['out_of_order']} out-of-order or duplicate deliveries, "
                       f"{r['disconnects']} disconnects"),
-        ("generator", f"CPU {_pct(r['cpu_measuring_pct'])} of one core while measuring, "
-                      f"{_pct(r['cpu_run_pct'])} over the whole run ({r['cpu_cores']} cores); "
+        ("generator", f"CPU {figure(r['cpu_measuring_pct'], '.1f', '%')} of one core while "
+                      f"measuring, {figure(r['cpu_run_pct'], '.1f', '%')} over the whole run "
+                      f"({r['cpu_cores']} cores); "
                       f"max send lag {r['send_lag_max_ms']:.1f} ms"),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
-def _pct_ratio(ratio) -> str:
-    return "-" if ratio is None else f"{100 * ratio:.2f}%"
-
-
 # -- one worker process ----------------------------------------------------------
 
-class Bot:
-    """One benchmark client: a Socket.IO connection that counts what it sees."""
+class Bot(Session):
+    """One benchmark client: counts the replica it lands on, its
+    disconnections and the measured messages it receives."""
 
     def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally):
+        super().__init__(plan.url(index), f"bench-{index}", plan.room(index), http)
         self.plan = plan
         self.index = index
         self.tally = tally
-        self.welcomed = asyncio.Event()
-        self.refusal: str | None = None
-        self.closing = False
         self.last_seq: dict[int, int] = {}
         self.last_rx = 0.0
-        self.sio = socketio.AsyncClient(
-            reconnection=False, handle_sigint=False, http_session=http,
-            # aiohttp offers no permessage-deflate unless asked; say so.
-            websocket_extra_options={"compress": 0})
-        self.sio.on("welcome", self._on_welcome)
-        self.sio.on("message", self._on_message)
-        self.sio.on("connect_error", self._on_connect_error)
-        self.sio.on("disconnect", self._on_disconnect)
 
-    def _on_welcome(self, welcome):
-        self.tally.servers[str(welcome.get("server", "?"))] += 1
-        self.welcomed.set()
+    def on_welcome(self, previous):
+        self.tally.servers[self.server] += 1
 
-    def _on_connect_error(self, data=None):
-        self.refusal = refusal_reason(data)
+    def on_lost(self, reason):
+        self.tally.disconnects += 1
 
-    def _on_disconnect(self, reason=None):
-        if not self.closing:
-            self.tally.disconnects += 1
-
-    def _on_message(self, event):
+    def on_message(self, event):
         now_ns = time.time_ns()
         stamp = decode_stamp(event.get("text"), self.plan.run_id)
         if stamp is None or stamp.warmup:
@@ -377,25 +317,6 @@ class Bot:
             self.tally.out_of_order += 1
         else:
             self.last_seq[stamp.sender] = stamp.seq
-
-    async def open(self) -> None:
-        plan = self.plan
-        auth = {"name": f"bench-{self.index}", "room": plan.room(self.index)}
-        try:
-            await self.sio.connect(sticky_url(plan.url(self.index)), auth=auth,
-                                   transports=["websocket"],
-                                   wait_timeout=plan.connect_timeout)
-        except socketio.exceptions.ConnectionError as exc:
-            if self.refusal and self.sio.failed_namespaces:
-                raise BenchError(f"refused: {self.refusal}") from None
-            raise Unreachable(plan.url(self.index)) from exc
-        await self.welcomed.wait()
-
-    async def close(self) -> None:
-        self.closing = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await self.sio.disconnect()
 
 
 class Worker:
@@ -411,6 +332,11 @@ class Worker:
         self.stop = stop
         self.tally = Tally()
         self.bots: list[Bot] = []
+        self.parent = multiprocessing.parent_process()
+
+    def stopped(self) -> bool:
+        """The parent said stop, or died (killed outright): either way, end."""
+        return self.stop.is_set() or not self.parent.is_alive()
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=0)  # the default 100 would cap the clients
@@ -424,7 +350,7 @@ class Worker:
                 start = await self.wait_for_go()
                 if start is not None:
                     await self.measure(start)
-            except BenchError as exc:
+            except ClientError as exc:
                 self.channel.put(("error", self.index, str(exc)))
                 return
             finally:
@@ -437,29 +363,29 @@ class Worker:
 
         async def one(bot: Bot) -> None:
             async with gate:
-                await bot.open()
+                await bot.open(explain=False)
 
         try:
             async with asyncio.timeout(self.plan.connect_timeout):
                 results = await asyncio.gather(*(one(b) for b in self.bots),
                                                return_exceptions=True)
         except TimeoutError:
-            raise BenchError(f"clients not connected within {self.plan.connect_timeout:g} s "
-                             "(--connect-timeout)") from None
+            raise ClientError(f"clients not connected within {self.plan.connect_timeout:g} s "
+                              "(--connect-timeout)") from None
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             first = failures[0]
             # Ask the server why once, not once per client.
             reason = await diagnose(http, str(first)) if isinstance(first, Unreachable) \
                 else str(first)
-            raise BenchError(f"{len(failures)} of {len(self.bots)} clients could not "
-                             f"connect, e.g. {reason}")
+            raise ClientError(f"{len(failures)} of {len(self.bots)} clients could not "
+                              f"connect, e.g. {reason}")
 
     async def wait_for_go(self) -> float | None:
         """Wait for the parent's start instant; return it on this process's
         monotonic clock, or None if the run was stopped first."""
         while not self.go.is_set():
-            if self.stop.is_set():
+            if self.stopped():
                 return None
             await asyncio.sleep(0.02)
         return time.monotonic() + (self.start_at.value - time.time())
@@ -474,19 +400,22 @@ class Worker:
             # The CPU this process spends between the end of the warm-up and
             # the end of sending (or an interruption) is the generator's cost.
             cpu_from = None
-            while time.monotonic() < end and not self.stop.is_set():
+            while time.monotonic() < end and not self.stopped():
                 if cpu_from is None and time.monotonic() >= warm_end:
-                    cpu_from = _cpu_self()
+                    cpu_from = _cpu_seconds()
                 await asyncio.sleep(0.05)
             if cpu_from is not None:
-                self.tally.cpu_s = _cpu_self() - cpu_from
-            if self.stop.is_set():
+                self.tally.cpu_s = _cpu_seconds() - cpu_from
+            if self.stopped():
                 for s in senders:
                     s.cancel()
             for outcome in await asyncio.gather(*senders, return_exceptions=True):
                 if isinstance(outcome, Exception):
                     raise outcome
-            await self.drain(end)
+            # Deliveries must pause and every acknowledgement be in.
+            await until_quiet(lambda: max(end, *(bot.last_rx for bot in self.bots)), QUIET,
+                              self.plan.drain, pending=lambda: self.tally.acks_pending,
+                              stop=self.stopped)
         finally:
             reporter.cancel()
             for s in senders:
@@ -497,28 +426,19 @@ class Worker:
         warm_end = start + plan.warmup
         room = plan.room_index(bot.index)
         times = send_times(start, plan.rate, plan.sender_offset(bot.index), end)
-        for seq, due in enumerate(times):
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif due >= warm_end:
-                tally.max_lag_ms = max(tally.max_lag_ms, -delay * 1000)
+        async for seq, due, late in on_schedule(times):
             warmup = due < warm_end
             stamp = Stamp(plan.run_id, bot.index, seq, time.time_ns(), warmup)
-            callback = self._ack_counter(time.perf_counter(), warmup)
-            try:
-                await bot.sio.emit("message", {"text": encode_stamp(stamp)}, callback=callback)
-            except socketio.exceptions.SocketIOError:
-                if not warmup:
-                    tally.ack_errors["not connected"] += 1
-                    tally.sent += 1
-                    tally.sent_by_room[room] += 1
-                continue
+            sent = await bot.send_message(encode_stamp(stamp),
+                                          self._ack_counter(time.perf_counter(), warmup))
             if warmup:
-                tally.sent_warmup += 1
-            else:
-                tally.sent += 1
-                tally.sent_by_room[room] += 1
+                tally.sent_warmup += sent
+                continue
+            tally.max_lag_ms = max(tally.max_lag_ms, late * 1000)
+            if not sent:
+                tally.ack_errors["not connected"] += 1
+            tally.sent += 1
+            tally.sent_by_room[room] += 1
 
     def _ack_counter(self, sent: float, warmup: bool):
         def on_ack(ack=None):
@@ -533,17 +453,6 @@ class Worker:
                 self.tally.ack_ms.append((time.perf_counter() - sent) * 1000)
         return on_ack
 
-    async def drain(self, end: float) -> None:
-        """Wait until deliveries pause and every acknowledgement is in, or
-        ``--drain`` seconds after the end of sending."""
-        deadline = max(end, time.monotonic()) + self.plan.drain
-        while time.monotonic() < deadline and not self.stop.is_set():
-            last_rx = max((bot.last_rx for bot in self.bots), default=0.0)
-            quiet = time.monotonic() - max(last_rx, end) >= QUIET
-            if quiet and self.tally.acks_pending <= 0:
-                return
-            await asyncio.sleep(0.05)
-
     async def report_progress(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -557,8 +466,9 @@ class Worker:
         self.channel.put(("progress", self.index, snapshot))
 
 
-def _cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds (user and system) of this process, or of its ended children."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -571,6 +481,9 @@ def worker_main(plan: Plan, index: int, channel, go, start_at, stop) -> None:
         asyncio.run(Worker(plan, index, channel, go, start_at, stop).run())
     except Exception as exc:  # report, do not leave the parent waiting
         channel.put(("error", index, f"worker {index} failed: {type(exc).__name__}: {exc}"))
+    if not multiprocessing.parent_process().is_alive():
+        # Nobody reads the queue any more: exit without flushing it.
+        channel.cancel_join_thread()
 
 
 # -- the parent ------------------------------------------------------------------
@@ -598,7 +511,7 @@ class Conductor:
         self.started = 0.0
 
     def run(self) -> dict:
-        cpu_before = _cpu_children() + _cpu_self()
+        cpu_before = _cpu_seconds(resource.RUSAGE_CHILDREN) + _cpu_seconds()
         began = time.monotonic()
         for w in self.workers:
             w.start()
@@ -608,11 +521,11 @@ class Conductor:
             self.stop.set()
             self._join()
         wall = time.monotonic() - began
-        cpu_total = _cpu_children() + _cpu_self() - cpu_before
+        cpu_total = _cpu_seconds(resource.RUSAGE_CHILDREN) + _cpu_seconds() - cpu_before
         if self.errors:
-            raise BenchError(self.errors[0])
+            raise ClientError(self.errors[0])
         if not self.go.is_set():
-            raise BenchError("interrupted before the run started")
+            raise ClientError("interrupted before the run started")
         window = self.plan.duration
         if self.interrupted_at is not None:
             measured_from = self.started + self.plan.warmup
@@ -697,19 +610,7 @@ class Conductor:
         self.channel.join_thread()
 
 
-def _cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 # -- command line ------------------------------------------------------------------
-
-def http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, not {value!r}")
-    return value
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -739,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from(args, parser: argparse.ArgumentParser) -> Plan:
-    problems = [
+    check_arguments(parser, [
         (args.clients < 1, "--clients must be at least 1"),
         (not 1 <= args.rooms <= args.clients, "--rooms must be between 1 and --clients"),
         (not 1 <= args.senders <= args.clients, "--senders must be between 1 and --clients"),
@@ -749,10 +650,7 @@ def plan_from(args, parser: argparse.ArgumentParser) -> Plan:
         (args.duration <= 0, "--duration must be positive"),
         (args.warmup < 0 or args.drain < 0, "--warmup and --drain cannot be negative"),
         (args.connect_timeout <= 0, "--connect-timeout must be positive"),
-    ]
-    for failed, message in problems:
-        if failed:
-            parser.error(message)
+    ])
     return Plan(urls=tuple(args.url or [DEFAULT_URL]), clients=args.clients,
                 rooms=args.rooms, senders=args.senders, rate=args.rate,
                 duration=args.duration, warmup=args.warmup, processes=args.processes,
@@ -766,8 +664,8 @@ def main(argv=None) -> int:
     plan = plan_from(args, parser)
     try:
         report = Conductor(plan).run()
-    except BenchError as exc:
-        print(f"chat-bench: {exc}", file=sys.stderr)
+    except ClientError as exc:
+        note(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -4,7 +4,7 @@ How a run goes:
 
 1. **Cluster.**  Bring up Redis, ``--replicas`` replicas (``--mode``) and
    NGINX with :class:`chat.cluster.LocalCluster` in a state folder of its own
-   (temporary unless ``--state-dir`` is given), and wait until every replica
+   (temporary unless ``--state-dir`` is given); it waits until every replica
    answers ``/readyz``.  Whatever happens next, the cluster is torn down at
    the end (``finally``; Ctrl-C and SIGTERM included).  With ``--url`` it
    uses a cluster that is already running instead, cannot break anything,
@@ -15,10 +15,11 @@ How a run goes:
    (the replica it landed on), every disconnection and every message.
 3. **Load.**  The first ``--senders`` clients send ``--rate`` messages per
    second each, open loop: on a fixed schedule, never waiting for an earlier
-   acknowledgement.  Each text is a stamp: run id, sender, sequence number,
-   phase, send time.  A sender records each message's acknowledgement: ok,
-   an error (its text), or none at all.  A sender that is reconnecting at
-   its turn cannot send; that attempt is counted as ``not sent``.
+   acknowledgement.  Each text is a stamp (:mod:`chat.load`): run id, sender,
+   sequence number, send time.  A sender records each message's
+   acknowledgement: ok, an error (its text), or none at all.  A sender that
+   is reconnecting at its turn cannot send; that attempt is counted as
+   ``not sent``.
 4. **Phases.**  Each phase first does its damage, then lasts ``--phase``
    seconds; a message belongs to the phase during which it was *sent*,
    including while the damage was being done:
@@ -62,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
@@ -77,57 +77,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import aiohttp
-import socketio
 
-from .bench import http_url, latency_summary, send_times
-from .client import ack_error, diagnose, refusal_reason, sticky_url
+from .bench import figure, latency_summary
 from .cluster import ClusterError, LocalCluster, free_port
+from .load import Stamp, decode_stamp, encode_stamp, on_schedule, send_times, until_quiet
+from .session import ClientError, Session, ack_error, check_arguments, http_url, stderr_notes
 
 PHASES = ("steady", "redis-down", "redis-back", "replica-killed", "recovered")
-STAMP_MARK = "chaos1"
-RECONNECT_DELAY = 0.5
-RECONNECT_DELAY_MAX = 2.0
 # Deliveries and acks must pause this long, after sending stops, before the
 # run decides nothing more is on its way.
 QUIET = 1.0
-READY_TIMEOUT = 20.0
+CONNECT_TIMEOUT = 20.0
 
-
-class ChaosError(Exception):
-    """A failure to show as one line on stderr."""
-
-
-def note(text: str) -> None:
-    print(f"chat-chaos: {text}", file=sys.stderr, flush=True)
-
-
-# -- stamps ----------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Stamp:
-    run_id: str
-    sender: int
-    seq: int
-    phase: str
-    sent_ns: int
-
-
-def encode_stamp(stamp: Stamp) -> str:
-    return (f"{STAMP_MARK} {stamp.run_id} {stamp.sender} {stamp.seq} "
-            f"{stamp.phase} {stamp.sent_ns}")
-
-
-def decode_stamp(text, run_id: str) -> Stamp | None:
-    """The stamp in a message text, or None if it is not one of this run's."""
-    if not isinstance(text, str) or not text.startswith(STAMP_MARK):
-        return None
-    parts = text.split()
-    if len(parts) != 6 or parts[0] != STAMP_MARK or parts[1] != run_id:
-        return None
-    try:
-        return Stamp(parts[1], int(parts[2]), int(parts[3]), parts[4], int(parts[5]))
-    except ValueError:
-        return None
+note = stderr_notes("chat-chaos")
 
 
 # -- what the clients record -----------------------------------------------------
@@ -186,7 +148,6 @@ class Receiver:
 class PhaseSpan:
     name: str
     start: float  # epoch seconds: when the phase's damage began
-    ready: float  # when the damage was done and the phase's --phase seconds began
     end: float  # when the next phase began, or sending stopped
     event: str
 
@@ -279,18 +240,13 @@ def summarize(spans: Sequence[PhaseSpan], sends: Iterable[Sent],
     return {"phases": phases, "totals": totals}
 
 
-def _ratio(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def format_report(report: dict) -> str:
     header = (f"{report['clients']} clients in one room through {report['url']}, "
               f"{report['senders']} senders x {report['rate']:g} msg/s, "
               f"phases of {report['phase_s']:g} s")
     if report["mode"]:
         header = f"mode {report['mode']}, {report['replicas']} replicas; " + header
-    start = ", ".join(f"{k} {v}" for k, v in report["clients_per_replica"]["start"].items())
-    end = ", ".join(f"{k} {v}" for k, v in report["clients_per_replica"]["end"].items())
+    held = report["clients_per_replica"]
     columns = ("phase", "secs", "sent", "ok", "error", "no ack", "not sent", "expected",
                "delivered", "lost", "offline", "silent", "dup", "reconn", "p50 ms", "max ms")
     table = [columns]
@@ -299,12 +255,13 @@ def format_report(report: dict) -> str:
         table.append((
             p["name"], f"{p['duration_s']:.1f}" if "duration_s" in p else "",
             p["sent"], p["acked_ok"], p["acked_error"], p["no_ack"], p["not_sent"],
-            p["expected"], f"{p['delivered']} {_ratio(p['delivery_ratio'])}",
+            p["expected"], f"{p['delivered']} {figure(p['delivery_ratio'], '.1%')}",
             p["lost"], p["lost_offline"], p["lost_silently"], p["duplicated"],
             p["reconnections"],
-            _num(lat.get("p50")), _num(lat.get("max"))))
+            figure(lat.get("p50"), ".0f"), figure(lat.get("max"), ".0f")))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(columns))]
-    lines = [header, f"clients per replica: at start {start or '-'}; at end {end or '-'}", ""]
+    lines = [header, f"clients per replica: at start {_spread(held['start'])}; "
+                     f"at end {_spread(held['end'])}", ""]
     for row in table:
         cells = [str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
@@ -325,50 +282,26 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
 # -- the clients -----------------------------------------------------------------
 
-class Member:
-    """One client of the room: a reconnecting Socket.IO connection that records."""
+class Member(Session):
+    """One client of the room: a reconnecting session that records what it sees."""
 
     def __init__(self, run: Chaos, index: int, http: aiohttp.ClientSession):
+        super().__init__(run.url, f"chaos-{index}", run.room, http, reconnect=True)
         self.run = run
         self.index = index
-        self.http = http
         self.log = Receiver(index)
-        self.server: str | None = None
-        self.refusal: str | None = None
-        self.closing = False
-        self.welcomed = asyncio.Event()
-        self.sio = socketio.AsyncClient(
-            reconnection=True, reconnection_attempts=0,
-            reconnection_delay=RECONNECT_DELAY, reconnection_delay_max=RECONNECT_DELAY_MAX,
-            # python-socketio adds up to +-factor seconds to every delay
-            randomization_factor=0.25,
-            handle_sigint=False, http_session=http)
-        self.sio.on("welcome", self._on_welcome)
-        self.sio.on("message", self._on_message)
-        self.sio.on("connect_error", self._on_connect_error)
-        self.sio.on("disconnect", self._on_disconnect)
 
-    def _on_welcome(self, welcome):
-        self.server = str(welcome.get("server", "?"))
+    def on_welcome(self, previous):
         self.log.welcomes.append((time.time(), self.server))
-        if len(self.log.welcomes) > 1:
+        if previous is not None:
             self.run.activity()
-        self.welcomed.set()
 
-    def _on_connect_error(self, data=None):
-        self.refusal = refusal_reason(data)
+    def on_lost(self, reason):
+        self.log.disconnects.append(time.time())
 
-    def _on_disconnect(self, reason=None):
-        if not self.closing:
-            self.log.disconnects.append(time.time())
-
-    def _on_message(self, event):
+    def on_message(self, event):
         stamp = decode_stamp(event.get("text") if isinstance(event, dict) else None,
                              self.run.run_id)
         if stamp is None:
@@ -379,24 +312,6 @@ class Member:
         else:
             self.log.first_seen[key] = time.time()
         self.run.activity()
-
-    async def open(self, url: str, room: str) -> None:
-        try:
-            await self.sio.connect(sticky_url(url), auth={"name": f"chaos-{self.index}",
-                                                          "room": room},
-                                   transports=["websocket"], wait_timeout=10)
-        except socketio.exceptions.ConnectionError:
-            if self.refusal and self.sio.failed_namespaces:
-                raise ChaosError(f"{url} refused client {self.index}: {self.refusal}") from None
-            raise ChaosError(await diagnose(self.http, url)) from None
-        async with asyncio.timeout(10):
-            await self.welcomed.wait()
-
-    async def close(self) -> None:
-        self.closing = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await self.sio.disconnect()
 
 
 # -- the run ---------------------------------------------------------------------
@@ -426,7 +341,6 @@ class Chaos:
         self.sends: list[Sent] = []
         self.members: list[Member] = []
         self.spans: list[PhaseSpan] = []
-        self.stop_sending = asyncio.Event()
         self.last_activity = time.monotonic()
         self.victim: str | None = None
         self.victim_held = 0
@@ -437,23 +351,24 @@ class Chaos:
     async def run(self) -> dict:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
-            if self.cluster is not None:
-                await self.wait_ready(http)
             self.members = [Member(self, i, http) for i in range(self.options.clients)]
             senders: list[asyncio.Task] = []
             try:
-                await asyncio.gather(*(m.open(self.url, self.room) for m in self.members))
+                await asyncio.gather(*(m.open(CONNECT_TIMEOUT) for m in self.members))
                 at_start = self.clients_per_replica()
                 note(f"{len(self.members)} clients connected ({_spread(at_start)})")
                 start = time.monotonic() + 0.1
                 senders = [asyncio.create_task(self.send_loop(m, start))
                            for m in self.members[:self.options.senders]]
-                await self.conduct(http)
-                self.stop_sending.set()
-                await asyncio.gather(*senders)
-                await self.drain()
+                await self.conduct()
+                for task in senders:  # sending stops
+                    task.cancel()
+                for outcome in await asyncio.gather(*senders, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                self.activity()
+                await until_quiet(lambda: self.last_activity, QUIET, self.options.drain)
             finally:
-                self.stop_sending.set()
                 for task in senders:
                     task.cancel()
                 await asyncio.gather(*senders, return_exceptions=True)
@@ -461,32 +376,21 @@ class Chaos:
                 await asyncio.gather(*(m.close() for m in self.members))
         return self.report(at_start, at_end)
 
-    async def wait_ready(self, http: aiohttp.ClientSession) -> None:
-        """Every replica subscribed to Redis: otherwise the baseline would lose."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        for replica in self.cluster.replicas:
-            while not await _answers(http, f"{replica.url}/readyz"):
-                if time.monotonic() > deadline:
-                    raise ChaosError(f"{replica.server_id} not ready after "
-                                     f"{READY_TIMEOUT:g} s")
-                await asyncio.sleep(0.1)
-
     def clients_per_replica(self) -> dict[str, int]:
         held = Counter(m.server for m in self.members if m.sio.connected and m.server)
         return dict(sorted(held.items()))
 
-    async def conduct(self, http: aiohttp.ClientSession) -> None:
+    async def conduct(self) -> None:
         phases = PHASES if self.cluster is not None else PHASES[:1]
         for name in phases:
             start = time.time()
             self.phase = name  # messages sent from now on belong to this phase
             event = await self.damage(name)
-            ready = time.time()
-            note(f"{ready - self.spans[0].start if self.spans else 0.0:5.1f} s "
+            note(f"{time.time() - self.spans[0].start if self.spans else 0.0:5.1f} s "
                  f"{name}: {event}")
             if self.spans:
                 self.spans[-1] = dataclasses.replace(self.spans[-1], end=start)
-            self.spans.append(PhaseSpan(name, start, ready, math.inf, event))
+            self.spans.append(PhaseSpan(name, start, math.inf, event))
             await asyncio.sleep(self.options.phase)
         self.spans[-1] = dataclasses.replace(self.spans[-1], end=time.time())
 
@@ -522,21 +426,12 @@ class Chaos:
     async def send_loop(self, member: Member, start: float) -> None:
         options = self.options
         offset = member.index / options.senders / options.rate
-        for seq, due in enumerate(send_times(start, options.rate, offset, math.inf)):
-            delay = due - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_sending.wait(), delay)
-            if self.stop_sending.is_set():
-                return
+        async for seq, _, _ in on_schedule(send_times(start, options.rate, offset, math.inf)):
             now_ns = time.time_ns()
             msg = Sent(member.index, seq, self.phase, now_ns / 1e9)
             self.sends.append(msg)
-            stamp = Stamp(self.run_id, member.index, seq, msg.phase, now_ns)
-            try:
-                await member.sio.emit("message", {"text": encode_stamp(stamp)},
-                                      callback=self._on_ack(msg))
-            except socketio.exceptions.SocketIOError:
+            text = encode_stamp(Stamp(self.run_id, member.index, seq, now_ns))
+            if not await member.send_message(text, self._on_ack(msg)):
                 msg.outcome = NOT_SENT
 
     def _on_ack(self, msg: Sent):
@@ -545,15 +440,6 @@ class Chaos:
             msg.outcome = "ok" if error is None else error
             self.activity()
         return on_ack
-
-    async def drain(self) -> None:
-        """Wait until deliveries and acks pause for QUIET s, at most --drain s."""
-        deadline = time.monotonic() + self.options.drain
-        self.activity()
-        while time.monotonic() < deadline:
-            if time.monotonic() - self.last_activity >= QUIET:
-                return
-            await asyncio.sleep(0.05)
 
     def report(self, at_start: dict, at_end: dict) -> dict:
         o = self.options
@@ -573,14 +459,6 @@ class Chaos:
             "expected_is": "sent x all clients (the sender included)",
             **summary,
         }
-
-
-async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-            return response.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 def _spread(held: dict[str, int]) -> str:
@@ -615,17 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from(args, parser: argparse.ArgumentParser) -> Options:
-    problems = [
+    check_arguments(parser, [
         (args.replicas < 2, "--replicas must be at least 2 (one is killed)"),
         (args.clients < 1, "--clients must be at least 1"),
         (not 1 <= args.senders <= args.clients, "--senders must be between 1 and --clients"),
         (args.rate <= 0, "--rate must be positive"),
         (args.phase <= 0, "--phase must be positive"),
         (args.drain < 0, "--drain cannot be negative"),
-    ]
-    for failed, message in problems:
-        if failed:
-            parser.error(message)
+    ])
     return Options(replicas=args.replicas, mode=args.mode, clients=args.clients,
                    senders=args.senders, rate=args.rate, phase=args.phase,
                    drain=args.drain, url=args.url)
@@ -657,7 +532,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         note("interrupted")
         return 130
-    except (ChaosError, ClusterError) as exc:
+    except (ClientError, ClusterError) as exc:
         note(str(exc))
         return 1
     finally:

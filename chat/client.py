@@ -6,11 +6,10 @@ Three ways to use it::
     chat-client --name bob --room ops listen [--json]  # print the room until Ctrl-C
     chat-client --name carol [chat]                  # type lines; /join ROOM, /quit
 
-Each connection adds a random ``sticky`` key to the URL's query string.  NGINX
-hashes that key to choose a replica, so clients spread over the replicas while
-every request of one long-polling session still reaches the same one.  The
-key is kept across reconnections; if its replica is gone NGINX picks another,
-and the client says so on stderr.
+Each connection adds a random ``sticky`` key to the URL, which NGINX hashes
+to choose a replica (see :mod:`chat.session`).  The key is kept across
+reconnections; if its replica is gone NGINX picks another, and the client
+says so on stderr.
 
 Output: room traffic goes to stdout, one line per event (or one JSON object
 per line with ``--json``); the client's own notes and errors go to stderr,
@@ -28,63 +27,31 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 from collections import deque
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import socketio
 
-DEFAULT_URL = "http://localhost:8080"
+from .session import (
+    DEFAULT_URL,
+    RECONNECT_DELAY,
+    RECONNECT_DELAY_MAX,
+    ClientError,
+    Session,
+    ack_error,
+    http_url,
+    printable,
+    stderr_notes,
+)
+
 DEFAULT_ROOM = "general"
 DEFAULT_TIMEOUT = 10.0
-# Reconnect quickly: a replica that dies is replaced behind NGINX within
-# seconds, and a listener should not miss more of the room than it must.
-RECONNECT_DELAY = 0.5
-RECONNECT_DELAY_MAX = 2.0
 
-
-class ClientError(Exception):
-    """A failure to show the user as one line on stderr."""
-
-
-# -- pure helpers -------------------------------------------------------------
-
-def sticky_url(url: str, key: str | None = None) -> str:
-    """Return ``url`` with ``sticky=<key>`` added to its query string."""
-    key = key or secrets.token_hex(8)
-    parts = urlsplit(url)
-    query = f"{parts.query}&sticky={key}" if parts.query else f"sticky={key}"
-    return urlunsplit(parts._replace(query=query))
-
-
-def refusal_reason(data) -> str:
-    """The sentence inside a ``connect_error`` payload."""
-    if isinstance(data, dict) and data.get("message"):
-        return str(data["message"])
-    return str(data) if data else "no reason given"
-
-
-def ack_error(ack) -> str | None:
-    """None for an ``{"ok": true}`` acknowledgement, else the error to show."""
-    if isinstance(ack, dict):
-        if ack.get("ok"):
-            return None
-        if ack.get("error"):
-            return str(ack["error"])
-    return f"unexpected answer {ack!r}"
-
-
-def printable(text) -> str:
-    """Escape control characters, so one event stays one terminal line and
-    nobody's message can move the cursor or recolour the screen."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+note = stderr_notes("chat-client")
 
 
 def format_event(kind: str, event: dict) -> str:
@@ -102,100 +69,34 @@ def format_json(kind: str, event: dict) -> str:
     return json.dumps({"type": kind, **event}, ensure_ascii=False)
 
 
-def os_reason(error: OSError) -> str:
-    if isinstance(error, socket.gaierror) or not error.errno:
-        return error.strerror or str(error)
-    return os.strerror(error.errno).lower()
-
-
-async def diagnose(http: aiohttp.ClientSession, url: str, transports=("websocket",)) -> str:
-    """Explain a failed Engine.IO handshake in a few words.
-
-    python-socketio only says "Connection error", so ask the server the
-    same question with a plain HTTP request and report what went wrong.
-    """
-    probe = urlunsplit(urlsplit(url)._replace(path="/socket.io/",
-                                              query="EIO=4&transport=polling"))
-    try:
-        async with http.get(probe, timeout=aiohttp.ClientTimeout(total=3)) as response:
-            status = response.status
-    except aiohttp.ClientConnectorError as exc:
-        return f"cannot reach {url}: {os_reason(exc.os_error)}"
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        return f"cannot reach {url}: {printable(exc) or type(exc).__name__}"
-    if status != 200:
-        return f"{url} is not a chat server (HTTP {status} for {probe})"
-    if "websocket" in transports:
-        return f"{url} answers but refused the WebSocket connection (try --polling)"
-    return f"{url} answers but the Socket.IO handshake failed"
-
-
-def note(text: str) -> None:
-    print(f"chat-client: {text}", file=sys.stderr, flush=True)
-
-
 # -- one connection -----------------------------------------------------------
 
-class Connection:
-    """One Socket.IO connection speaking the chat's handshake.
-
-    It sends ``auth`` with the *current* room, so a reconnection lands back
-    in the room the user last joined; keeps the latest ``welcome``; captures
-    the reason of a refused connection; and notes on stderr when the
-    connection drops and when it comes back (naming the new replica).
-    """
+class Connection(Session):
+    """chat-client's session: shows the room's events, notes on stderr when
+    the connection drops and when it comes back (naming the new replica),
+    and can reopen a session the server ended."""
 
     def __init__(self, url: str, name: str, room: str, *, polling: bool,
                  http: aiohttp.ClientSession, reconnect: bool, show=None):
-        self.url = url
-        self.name = name
-        self.room = room
-        self.transports = ["polling"] if polling else ["websocket"]
-        self.http = http
+        super().__init__(url, name, room, http, reconnect=reconnect,
+                         transports=["polling"] if polling else ["websocket"],
+                         hint="try --polling")
         self.show = show
-        self.server: str | None = None
-        self.refusal: str | None = None
-        self.welcomed = asyncio.Event()
-        self.closing = False
-        self.lost = False
         self.gone = asyncio.Event()
-        self.key = secrets.token_hex(8)
         self.seen_ids: deque[str] = deque(maxlen=256)
         self.last_sent: str | None = None
         self.arrived = asyncio.Event()
-        self.sio = socketio.AsyncClient(
-            reconnection=reconnect,
-            reconnection_delay=RECONNECT_DELAY,
-            reconnection_delay_max=RECONNECT_DELAY_MAX,
-            randomization_factor=0.25,
-            handle_sigint=False,
-            http_session=http,
-        )
-        self.sio.on("welcome", self._on_welcome)
-        self.sio.on("connect_error", self._on_connect_error)
-        self.sio.on("disconnect", self._on_disconnect)
-        self.sio.on("message", self._on_message)
         self.sio.on("system", self._on_system)
 
-    def _auth(self) -> dict:
-        return {"name": self.name, "room": self.room}
+    def on_welcome(self, previous):
+        if previous is not None:
+            change = f" (was {previous})" if self.server != previous else ""
+            note(f"reconnected to {self.server}{change}")
+        self.gone.clear()
 
-    def _on_welcome(self, welcome):
-        server = str(welcome.get("server", "?"))
-        if self.lost:
-            change = f" (was {self.server})" if server != self.server else ""
-            note(f"reconnected to {server}{change}")
-        self.server, self.room, self.lost = server, welcome.get("room", self.room), False
-        self.welcomed.set()
-
-    def _on_connect_error(self, data=None):
-        self.refusal = refusal_reason(data)
-
-    def _on_disconnect(self, reason=None):
-        if self.closing or not self.server:
+    def on_lost(self, reason):
+        if not self.server:
             return
-        self.lost = True
-        self.welcomed.clear()
         if reason == self.sio.reason.SERVER_DISCONNECT or not self.sio.reconnection:
             # python-socketio retries only after a transport failure; a
             # replica that shuts down politely ends the session instead.
@@ -203,7 +104,7 @@ class Connection:
         if self.sio.reconnection:
             note(f"lost the connection to {self.server} ({reason}); reconnecting")
 
-    def _on_message(self, event):
+    def on_message(self, event):
         self.seen_ids.append(event.get("id"))
         self.arrived.set()
         if self.show:
@@ -212,23 +113,6 @@ class Connection:
     def _on_system(self, event):
         if self.show:
             self.show("system", event)
-
-    async def open(self, retry: bool = False) -> None:
-        """Connect and wait for the welcome; raise ClientError saying why not.
-
-        With ``retry``, keep trying (python-socketio's reconnection delays)
-        until the server answers.
-        """
-        try:
-            await self.sio.connect(sticky_url(self.url, self.key), auth=self._auth,
-                                   transports=self.transports, wait_timeout=3600,
-                                   retry=retry)
-        except socketio.exceptions.ConnectionError:
-            if self.sio.failed_namespaces:
-                raise ClientError(f"{self.url} refused the connection: {self.refusal}") from None
-            raise ClientError(await diagnose(self.http, self.url, self.transports)) from None
-        await self.welcomed.wait()
-        self.gone.clear()
 
     async def stay_connected(self) -> None:
         """Reopen the session whenever the server ends it; never returns."""
@@ -268,12 +152,6 @@ class Connection:
                     self.arrived.clear()
                     await self.arrived.wait()
 
-    async def close(self) -> None:
-        self.closing = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(3):
-                await self.sio.shutdown()
-
 
 @contextlib.asynccontextmanager
 async def connected(args, *, reconnect: bool = False, show=None):
@@ -282,11 +160,7 @@ async def connected(args, *, reconnect: bool = False, show=None):
         conn = Connection(args.url, args.name, args.room, polling=args.polling,
                           http=http, reconnect=reconnect, show=show)
         try:
-            try:
-                async with asyncio.timeout(args.timeout):
-                    await conn.open()
-            except TimeoutError:
-                raise ClientError(f"no answer from {args.url} within {args.timeout:g} s") from None
+            await conn.open(args.timeout)
             yield conn
         finally:
             await conn.close()
@@ -387,13 +261,6 @@ def stdin_lines() -> asyncio.Queue:
 # -- command line -------------------------------------------------------------
 
 MODES = {"send": send, "listen": listen, "chat": chat}
-
-
-def http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, not {value!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .bench import figure
 from .cluster import ROOT, LocalCluster, free_port
 
 TOPOLOGIES = {
@@ -42,10 +45,18 @@ def run_bench(url: str, deliveries: int, clients: int, senders: int, duration: f
             "--clients", str(clients), "--senders", str(senders),
             "--rate", f"{per_sender:.3f}", "--duration", str(duration), "--warmup", "2",
             "--processes", str(processes)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
-    if result.returncode != 0:
-        raise RuntimeError(f"chat-bench failed: {result.stderr.strip()}")
-    return json.loads(result.stdout)
+    # A session of its own, so that a timeout or Ctrl-C here also ends its workers.
+    bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        out, err = bench.communicate(timeout=duration + 120)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.communicate()
+    if bench.returncode != 0:
+        raise RuntimeError(f"chat-bench failed: {err.strip()}")
+    return json.loads(out)
 
 
 def summarize(report: dict) -> dict:
@@ -92,15 +103,12 @@ def table(results: list[dict]) -> str:
     lines = ["| topology | offered deliveries/s | delivered/s | delivered | p50 ms | p90 ms "
              "| p99 ms | max ms | generator CPU % of a core |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    def num(value, spec):
-        return "-" if value is None else format(value, spec)
-
     for r in results:
         lines.append(
-            f"| {r['topology']} | {num(r['offered_deliveries'], ',.0f')} "
-            f"| {num(r['delivered_per_s'], ',.0f')} | {num(r['delivery_ratio'], '.2%')} "
-            f"| {num(r['p50_ms'], '.1f')} | {num(r['p90_ms'], '.1f')} "
-            f"| {num(r['p99_ms'], '.1f')} | {num(r['max_ms'], '.1f')} "
+            f"| {r['topology']} | {figure(r['offered_deliveries'], ',.0f')} "
+            f"| {figure(r['delivered_per_s'], ',.0f')} | {figure(r['delivery_ratio'], '.2%')} "
+            f"| {figure(r['p50_ms'], '.1f')} | {figure(r['p90_ms'], '.1f')} "
+            f"| {figure(r['p99_ms'], '.1f')} | {figure(r['max_ms'], '.1f')} "
             f"| {r['generator_cpu_pct']} |")
     return "\n".join(lines)
 

@@ -14,20 +14,17 @@ import pytest
 
 from chat.bench import (
     Plan,
-    Stamp,
     Tally,
     build_parser,
     build_report,
-    decode_stamp,
-    encode_stamp,
     expected_deliveries,
     format_report,
     latency_summary,
     merge_tallies,
     percentile,
     plan_from,
-    send_times,
 )
+from chat.load import Stamp, decode_stamp, encode_stamp, send_times
 
 
 def make_plan(**overrides) -> Plan:

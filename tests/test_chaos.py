@@ -161,8 +161,8 @@ def _read_json(path) -> dict | None:
 
 def test_summarize_counts_losses_duplicates_and_reconnections():
     t0 = 1000.0
-    spans = [PhaseSpan("steady", t0, t0, t0 + 10, "nothing"),
-             PhaseSpan("broken", t0 + 10, t0 + 10, t0 + 20, "something")]
+    spans = [PhaseSpan("steady", t0, t0 + 10, "nothing"),
+             PhaseSpan("broken", t0 + 10, t0 + 20, "something")]
     sends = [
         Sent(0, 0, "steady", t0 + 1, "ok"),
         Sent(0, 1, "broken", t0 + 11, "ok"),      # receiver 1 offline then: lost offline
