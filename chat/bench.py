@@ -8,7 +8,12 @@ How a run goes:
    first ``--senders`` clients also send.
 2. **Connect.**  Each worker process opens its clients (WebSocket only, one
    shared aiohttp session) and waits for every ``welcome``, noting the
-   replica each client landed on, then reports ready.
+   replica each client landed on, then reports ready.  Senders are
+   python-socketio clients (they need acknowledgements); the clients that
+   only receive are lean (:class:`chat.wire.LeanSession`: a few frames
+   spoken by hand, message payloads searched for their stamp instead of
+   parsed), so that the generator's CPU goes to measuring rather than to
+   decoding.  ``--full-clients`` makes every client a python-socketio one.
 3. **Send.**  When all workers are ready the parent names a start instant.
    Every sender sends on a fixed schedule, ``--rate`` messages per second,
    staggered so the senders do not fire together.  The schedule is open loop:
@@ -51,7 +56,15 @@ from collections.abc import Iterable, Sequence
 
 import aiohttp
 
-from .load import Stamp, decode_stamp, encode_stamp, on_schedule, send_times, until_quiet
+from .load import (
+    Stamp,
+    StampFinder,
+    decode_stamp,
+    encode_stamp,
+    on_schedule,
+    send_times,
+    until_quiet,
+)
 from .session import (
     DEFAULT_URL,
     ClientError,
@@ -63,6 +76,7 @@ from .session import (
     http_url,
     stderr_notes,
 )
+from .wire import LeanSession
 
 # How long deliveries must pause, after the last send, before a worker
 # decides nothing more is on its way.
@@ -91,6 +105,7 @@ class Plan:
     run_id: str
     drain: float = 3.0
     connect_timeout: float = 30.0
+    full_clients: bool = False
 
     def room_index(self, client: int) -> int:
         return client % self.rooms
@@ -112,6 +127,10 @@ class Plan:
 
     def is_sender(self, client: int) -> bool:
         return client < self.senders
+
+    def is_lean(self, client: int) -> bool:
+        """Receives through a lean session rather than python-socketio."""
+        return not self.full_clients and not self.is_sender(client)
 
     def members(self, room_index: int) -> int:
         """Clients in room ``room_index``."""
@@ -172,6 +191,21 @@ class Tally:
     @property
     def acks_pending(self) -> int:
         return self.sent - self.acks_ok - sum(self.ack_errors.values())
+
+    def count_delivery(self, last_seq: dict[int, int], stamp: Stamp | None,
+                       now_ns: int) -> bool:
+        """Count one delivery to a receiver whose latest sequence number per
+        sender is ``last_seq``; False (nothing counted) unless ``stamp`` is
+        a measured message of this run."""
+        if stamp is None or stamp.warmup:
+            return False
+        self.received += 1
+        self.latencies_ms.append((now_ns - stamp.sent_ns) / 1e6)
+        if stamp.seq <= last_seq.get(stamp.sender, -1):
+            self.out_of_order += 1
+        else:
+            last_seq[stamp.sender] = stamp.seq
+        return True
 
 
 def merge_tallies(tallies: Iterable[Tally]) -> Tally:
@@ -287,12 +321,11 @@ def format_report(r: dict) -> str:
 
 # -- one worker process ----------------------------------------------------------
 
-class Bot(Session):
-    """One benchmark client: counts the replica it lands on, its
-    disconnections and the measured messages it receives."""
+class Member:
+    """What every benchmark client counts, however it connects: the replica
+    it lands on, its disconnections and the measured messages it receives."""
 
-    def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally):
-        super().__init__(plan.url(index), f"bench-{index}", plan.room(index), http)
+    def _join_bench(self, plan: Plan, index: int, tally: Tally) -> None:
         self.plan = plan
         self.index = index
         self.tally = tally
@@ -305,18 +338,36 @@ class Bot(Session):
     def on_lost(self, reason):
         self.tally.disconnects += 1
 
+    def delivered(self, stamp: Stamp | None, now_ns: int) -> None:
+        if self.tally.count_delivery(self.last_seq, stamp, now_ns):
+            self.last_rx = time.monotonic()
+
+
+class Bot(Member, Session):
+    """A python-socketio benchmark client: every sender, and every receiver
+    with ``--full-clients``."""
+
+    def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally):
+        super().__init__(plan.url(index), f"bench-{index}", plan.room(index), http)
+        self._join_bench(plan, index, tally)
+
     def on_message(self, event):
         now_ns = time.time_ns()
-        stamp = decode_stamp(event.get("text"), self.plan.run_id)
-        if stamp is None or stamp.warmup:
-            return
-        self.tally.received += 1
-        self.tally.latencies_ms.append((now_ns - stamp.sent_ns) / 1e6)
-        self.last_rx = time.monotonic()
-        if stamp.seq <= self.last_seq.get(stamp.sender, -1):
-            self.tally.out_of_order += 1
-        else:
-            self.last_seq[stamp.sender] = stamp.seq
+        self.delivered(decode_stamp(event.get("text"), self.plan.run_id), now_ns)
+
+
+class LeanReceiver(Member, LeanSession):
+    """A receive-only benchmark client that finds each message's stamp in
+    the raw frame (see :mod:`chat.wire`)."""
+
+    def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally,
+                 find_stamp: StampFinder):
+        super().__init__(plan.url(index), f"bench-{index}", plan.room(index), http)
+        self._join_bench(plan, index, tally)
+        self.find_stamp = find_stamp
+
+    def on_message_frame(self, frame, now_ns):
+        self.delivered(self.find_stamp(frame), now_ns)
 
 
 class Worker:
@@ -331,7 +382,7 @@ class Worker:
         self.start_at = start_at
         self.stop = stop
         self.tally = Tally()
-        self.bots: list[Bot] = []
+        self.bots: list[Bot | LeanReceiver] = []
         self.parent = multiprocessing.parent_process()
 
     def stopped(self) -> bool:
@@ -341,8 +392,11 @@ class Worker:
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=0)  # the default 100 would cap the clients
         async with aiohttp.ClientSession(connector=connector) as http:
-            self.bots = [Bot(self.plan, i, http, self.tally)
-                         for i in self.plan.clients_of(self.index)]
+            find_stamp = StampFinder(self.plan.run_id)
+            self.bots = [
+                LeanReceiver(self.plan, i, http, self.tally, find_stamp)
+                if self.plan.is_lean(i) else Bot(self.plan, i, http, self.tally)
+                for i in self.plan.clients_of(self.index)]
             try:
                 await self.connect_all(http)
                 self.tally.clients = len(self.bots)
@@ -361,7 +415,7 @@ class Worker:
     async def connect_all(self, http: aiohttp.ClientSession) -> None:
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-        async def one(bot: Bot) -> None:
+        async def one(bot: Bot | LeanReceiver) -> None:
             async with gate:
                 await bot.open(explain=False)
 
@@ -634,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds allowed to connect all clients")
     parser.add_argument("--processes", type=int, default=1,
                         help="worker processes sharing the clients")
+    parser.add_argument("--full-clients", action="store_true",
+                        help="make the receivers python-socketio clients too, rather than "
+                             "lean ones that spend less of the generator's CPU")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the table")
     return parser
@@ -655,7 +712,7 @@ def plan_from(args, parser: argparse.ArgumentParser) -> Plan:
                 rooms=args.rooms, senders=args.senders, rate=args.rate,
                 duration=args.duration, warmup=args.warmup, processes=args.processes,
                 run_id=secrets.token_hex(3), drain=args.drain,
-                connect_timeout=args.connect_timeout)
+                connect_timeout=args.connect_timeout, full_clients=args.full_clients)
 
 
 def main(argv=None) -> int:

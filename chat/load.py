@@ -6,7 +6,9 @@ PHASE``: the mark (chat-bench's, whose format chat-chaos shares), the run's
 id, the sender's index, its sequence number, the send time in nanoseconds
 (``time.time_ns()`` where it was sent), and ``w`` for a warm-up message that
 is not measured or ``m`` for a measured one.  A receiver decodes the text
-back and ignores every text that is not a stamp of its own run.
+back and ignores every text that is not a stamp of its own run;
+chat-bench's lean receivers instead find the stamp in the raw JSON of the
+event (:class:`StampFinder`), without parsing it.
 
 The schedule is open loop: a sender never waits for an earlier
 acknowledgement, so a slow server shows up as latency and loss rather than
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
@@ -51,6 +54,31 @@ def decode_stamp(text, run_id: str | None = None) -> Stamp | None:
         return Stamp(parts[1], int(parts[2]), int(parts[3]), int(parts[4]), parts[5] == "w")
     except ValueError:
         return None
+
+
+class StampFinder:
+    """Finds the stamp of one run in an event's raw JSON, without parsing it.
+
+    A stamp is only ever a message's whole text, and the server writes JSON
+    compactly, so a stamp that :func:`encode_stamp` wrote appears in the
+    frame as ``"text":"bench1 RUN SENDER SEQ SENT_NS PHASE"``.  A JSON
+    string value cannot contain an unescaped quote, so that pattern only
+    matches the ``text`` key itself, whatever the order of the keys.  Called
+    with a frame it returns the stamp, or None as :func:`decode_stamp` does
+    for a text that is not a stamp of this run.
+    """
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        prefix = re.escape(f'"text":"{STAMP_MARK} {run_id} ')
+        self._search = re.compile(prefix + r'([0-9]+) ([0-9]+) ([0-9]+) ([wm])"').search
+
+    def __call__(self, raw: str) -> Stamp | None:
+        found = self._search(raw)
+        if found is None:
+            return None
+        sender, seq, sent_ns, phase = found.groups()
+        return Stamp(self.run_id, int(sender), int(seq), int(sent_ns), phase == "w")
 
 
 def send_times(start: float, rate: float, offset: float, end: float) -> Iterator[float]:

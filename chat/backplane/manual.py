@@ -40,8 +40,9 @@ Failure handling, which is what this file adds over the library:
 * ``_publish`` also refuses while this replica is not subscribed: Redis
   accepts PUBLISH again the moment it is back, before the replicas have
   resubscribed, and a message sent then would reach no other replica while
-  its sender heard "ok".  (A window remains while the *other* replicas
-  resubscribe, at most one backoff step; docs/reliability.md.)
+  its sender heard "ok".  The *other* replicas may still be resubscribing
+  too, so after a resubscription it waits ``SETTLE`` (one backoff step) before
+  it relays again; until then senders are told the message stayed local.
 * ``_listen`` owns its reconnect loop: when the subscription breaks it retries
   after 50 ms, doubling up to 500 ms (with jitter), so it is subscribed again
   within about half a second of Redis coming back (the library waits up to
@@ -70,6 +71,10 @@ RETRY_MAX = 0.5  # cap of the doubling backoff
 CONFIRM_WITHIN = 2.0  # seconds Redis has to confirm a SUBSCRIBE
 IDLE_PING = 5.0  # PING the subscription after this long without traffic
 DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
+# After resubscribing, wait this long before publishing again: by then every
+# other replica, retrying at most every RETRY_MAX (+20% jitter), is
+# subscribed again too, so nothing is published into their deaf window.
+SETTLE = RETRY_MAX * 1.2 + 0.1
 
 
 class ManualRedisManager(Observed, AsyncPubSubManager):
@@ -81,11 +86,17 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
         # creates the dedicated connection of each subscription.
         self.redis = aioredis.Redis.from_url(url, **redis_options(client_name))
         self.subscribed = False
+        self._settled_at = 0.0  # monotonic time from which PUBLISH is allowed
         self._publish_failing = False
 
     # -- transport hook 1: send ------------------------------------------
+    @property
+    def relaying(self) -> bool:
+        """Subscribed, and settled after a resubscription."""
+        return self.subscribed and time.monotonic() >= self._settled_at
+
     async def _publish(self, message):
-        if not self.subscribed:
+        if not self.relaying:
             # Redis may accept a PUBLISH before the replicas' subscriptions
             # are back (right after an outage, or at start-up): the message
             # would reach no other replica while the sender heard "ok".
@@ -119,6 +130,7 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
                 self.subscribed = True
                 if ever:
                     self.metrics.reconnects.inc()
+                    self._settled_at = time.monotonic() + SETTLE
                 self._get_logger().info(
                     "backplane: subscribed %sto %s after %.1f s (%d attempts)",
                     "again " if ever else "", self.channel,
@@ -181,6 +193,8 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
     async def ready(self):
         if not self.subscribed:
             return False, "not subscribed to the Redis channel"
+        if not self.relaying:
+            return False, "subscribed again, settling"
         if not await ping(self.redis):
             return False, "Redis does not answer PING"
         return True, "subscribed"
