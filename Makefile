@@ -96,7 +96,7 @@ bench: install
 
 bench-chart: install
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python -m chat.sweep --chart docs/benchmarks.png
+	$(BIN)/python -m chat.sweep --chart docs/benchmarks.png --baseline docs/benchmarks-baseline.json
 
 # Steady load through NGINX while Redis and then a replica are killed; prints
 # sent / delivered / lost / duplicated per phase (docs/reliability.md).

@@ -113,18 +113,23 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def chart(results: list[dict], path: Path) -> None:
+def chart(results: list[dict], path: Path, baseline: list[dict] | None = None) -> None:
+    """p99 against delivered messages/s, one line per topology; a baseline
+    run, if given, is drawn dashed in the same colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for name in TOPOLOGIES:
-        points = [r for r in results if r["topology"] == name]
-        if points:
-            ax.plot([p["delivered_per_s"] for p in points], [p["p99_ms"] for p in points],
-                    marker="o", label=name)
+    for colour, name in zip(("tab:blue", "tab:orange", "tab:green"), TOPOLOGIES, strict=True):
+        for runs, style, label in ((results, "-", name), (baseline or [], "--",
+                                                           f"{name} (baseline)")):
+            points = [r for r in runs if r["topology"] == name and r["p99_ms"] is not None]
+            if points:
+                ax.plot([p["delivered_per_s"] for p in points],
+                        [p["p99_ms"] for p in points], style, color=colour, marker="o",
+                        label=label)
     ax.axhline(P99_LIMIT_MS, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("delivered messages/s (all clients)")
     ax.set_ylabel("p99 end-to-end latency (ms)")
@@ -148,10 +153,13 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.json")
     parser.add_argument("--chart", type=Path, help="only draw the chart from --out")
+    parser.add_argument("--baseline", type=Path,
+                        help="with --chart: also draw this earlier results file, dashed")
     parser.add_argument("--table", action="store_true", help="only print the table from --out")
     args = parser.parse_args(argv)
     if args.chart:
-        chart(json.loads(args.out.read_text()), args.chart)
+        baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+        chart(json.loads(args.out.read_text()), args.chart, baseline)
         return 0
     if args.table:
         print(table(json.loads(args.out.read_text())))
