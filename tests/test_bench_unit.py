@@ -1,4 +1,5 @@
-"""chat-bench's pure logic: plan, stamps, schedule, percentiles, merging, report.
+"""chat-bench's pure logic: plan, stamps, schedule, percentiles, merging, report,
+and the frames its lean receivers read (:mod:`chat.wire`).
 
 No server and no event loop: these functions decide what the benchmark
 sends and what its numbers mean, so they are checked on their own.
@@ -12,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from chat import jsonio, wire
 from chat.bench import (
     Plan,
     Tally,
@@ -24,7 +26,7 @@ from chat.bench import (
     percentile,
     plan_from,
 )
-from chat.load import Stamp, decode_stamp, encode_stamp, send_times
+from chat.load import Stamp, StampFinder, decode_stamp, encode_stamp, send_times
 
 
 def make_plan(**overrides) -> Plan:
@@ -76,6 +78,13 @@ def test_senders_are_the_first_clients_and_spread_over_rooms_and_workers():
     assert senders == [0, 1, 2, 3]
     assert Counter(plan.room_index(i) for i in senders) == {0: 2, 1: 2}
     assert Counter(plan.worker(i) for i in senders) == {0: 2, 1: 2}
+
+
+def test_only_receivers_are_lean_and_only_by_default():
+    plan = make_plan(clients=6, senders=2)
+    assert [plan.is_lean(i) for i in range(6)] == [False, False, True, True, True, True]
+    full = make_plan(clients=6, senders=2, full_clients=True)
+    assert not any(full.is_lean(i) for i in range(6))
 
 
 def test_sender_offsets_stagger_over_one_interval():
@@ -144,6 +153,122 @@ def test_stamps_of_another_run_are_ignored():
     text = encode_stamp(Stamp("other1", 1, 2, 3, False))
     assert decode_stamp(text, "abc123") is None
     assert decode_stamp(text) is not None
+
+
+# -- stamps in raw frames (lean receivers) ---------------------------------------
+
+def message_frame(text, dumps=jsonio.dumps, **fields) -> str:
+    """A ``message`` event as the server writes it (keys in its order)."""
+    message = {"id": "f00d", "room": "bench-abc123-0", "name": "bench-3", "text": text,
+               "server": "replica-1", "ts": 1_795_000_000_000}
+    message.update(fields)
+    return "42" + dumps(["message", message])
+
+
+def std_dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("dumps", [jsonio.dumps, std_dumps], ids=["orjson", "json"])
+@pytest.mark.parametrize("warmup", [True, False])
+def test_stamp_finder_agrees_with_decode_stamp(dumps, warmup):
+    stamp = Stamp("abc123", 7, 42, 1_795_000_000_123_456_789, warmup)
+    frame = message_frame(encode_stamp(stamp), dumps)
+    assert StampFinder("abc123")(frame) == stamp == decode_stamp(encode_stamp(stamp), "abc123")
+
+
+def test_stamp_finder_ignores_key_order():
+    stamp = Stamp("abc123", 1, 2, 3, False)
+    frame = "42" + jsonio.dumps(["message", {"text": encode_stamp(stamp), "id": "x"}])
+    assert StampFinder("abc123")(frame) == stamp
+
+
+@pytest.mark.parametrize("text", [
+    "hello",
+    "bench1 abc123 1 2 3",                # too short
+    "bench1 abc123 1 2 3 x",              # bad phase
+    "bench1 abc123 one 2 3 m",            # not a number
+    "bench1 abc123 1 2 3 m extra",        # too long
+    "say bench1 abc123 1 2 3 m",          # not the whole text
+    "bench10 abc123 1 2 3 m",             # another mark
+    encode_stamp(Stamp("other1", 1, 2, 3, False)),  # another run
+    'x","text":"bench1 abc123 1 2 3 m',   # a text pretending to be a key
+])
+def test_stamp_finder_ignores_what_decode_stamp_ignores(text):
+    assert decode_stamp(text, "abc123") is None
+    assert StampFinder("abc123")(message_frame(text)) is None
+
+
+def test_stamp_finder_only_reads_the_text():
+    # The room name holds the run id, and a name may look like a stamp.
+    fake = encode_stamp(Stamp("abc123", 1, 2, 3, False))
+    assert StampFinder("abc123")(message_frame("hi", name=fake, room=fake)) is None
+
+
+def test_deliveries_count_latency_and_order_per_sender():
+    t, last_seq = Tally(), {}
+    sent_ns = 1_000_000_000
+    assert t.count_delivery(last_seq, Stamp("r", 1, 0, sent_ns), sent_ns + 2_500_000)
+    assert t.count_delivery(last_seq, Stamp("r", 2, 5, sent_ns), sent_ns + 1_000_000)
+    assert t.count_delivery(last_seq, Stamp("r", 1, 0, sent_ns), sent_ns)  # duplicate
+    assert t.count_delivery(last_seq, Stamp("r", 2, 4, sent_ns), sent_ns)  # out of order
+    assert t.count_delivery(last_seq, Stamp("r", 1, 1, sent_ns), sent_ns)
+    assert not t.count_delivery(last_seq, Stamp("r", 1, 9, sent_ns, warmup=True), sent_ns)
+    assert not t.count_delivery(last_seq, None, sent_ns)
+    assert (t.received, t.out_of_order) == (5, 2)
+    assert list(t.latencies_ms)[:2] == [2.5, 1.0]
+    assert last_seq == {1: 1, 2: 5}
+
+
+# -- frames (chat.wire) ------------------------------------------------------------
+
+def test_websocket_url_keeps_the_query_and_drops_the_path():
+    assert wire.websocket_url("http://127.0.0.1:8080", "k1") == (
+        "ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket&sticky=k1")
+    assert wire.websocket_url("https://chat.example/app/?a=1", "k2") == (
+        "wss://chat.example/socket.io/?a=1&EIO=4&transport=websocket&sticky=k2")
+
+
+def test_connect_frame_carries_the_auth():
+    frame = wire.connect_frame("bench-3", 'room "q"')
+    assert frame.startswith("40")
+    assert json.loads(frame[2:]) == {"name": "bench-3", "room": 'room "q"'}
+
+
+@pytest.mark.parametrize(("frame", "kind", "data"), [
+    ('0{"sid":"a","pingInterval":25000}', wire.OPEN, {"sid": "a", "pingInterval": 25000}),
+    ("0", wire.OPEN, {}),
+    ("2", wire.PING, ""),
+    ("2probe", wire.PING, "probe"),
+    ('40{"sid":"b"}', wire.CONNECTED, None),
+    ("40", wire.CONNECTED, None),
+    ('44{"message":"name must be 1 to 32 characters"}', wire.REFUSED,
+     "name must be 1 to 32 characters"),
+    ("44", wire.REFUSED, "no reason given"),
+    ("44not json", wire.REFUSED, "no reason given"),
+    ('42["welcome",{"server":"replica-2","room":"r"}]', wire.WELCOME,
+     {"server": "replica-2", "room": "r"}),
+    ('42["welcome",null]', wire.WELCOME, {}),
+    ('42["system",{"kind":"join","text":"bench1 abc123 1 2 3 m"}]', wire.OTHER, None),
+    ('42["typing",{"name":"a","typing":true}]', wire.OTHER, None),
+    ("41", wire.CLOSED, None),
+    ("1", wire.CLOSED, None),
+    ("3", wire.OTHER, None),
+    ("6", wire.OTHER, None),
+    ("", wire.OTHER, None),
+])
+def test_parse_frame(frame, kind, data):
+    assert wire.parse_frame(frame) == (kind, data)
+
+
+def test_message_frames_are_left_raw():
+    frame = message_frame("bench1 abc123 1 2 3 m")
+    assert wire.parse_frame(frame) == (wire.MESSAGE, frame)
+
+
+def test_pong_echoes_the_ping():
+    assert wire.pong_frame() == "3"
+    assert wire.pong_frame("probe") == "3probe"
 
 
 # -- percentiles -----------------------------------------------------------------
@@ -277,6 +402,11 @@ def test_defaults():
     assert (plan.clients, plan.rooms, plan.senders, plan.rate) == (100, 1, 10, 1.0)
     assert (plan.duration, plan.warmup, plan.processes) == (10.0, 2.0, 1)
     assert len(plan.run_id) == 6
+
+
+def test_receivers_are_lean_unless_full_clients():
+    assert parse().full_clients is False
+    assert parse("--full-clients").full_clients is True
 
 
 def test_repeated_urls_are_kept_in_order():
