@@ -23,19 +23,23 @@ def setup_logging(settings: Settings) -> logging.Logger:
     # aiohttp logs request errors on its own logger, or on gunicorn's error
     # log when it runs under gunicorn's worker.
     for name in ("aiohttp.server", "gunicorn.error"):
-        logging.getLogger(name).addFilter(MalformedFrameFilter())
+        logging.getLogger(name).addFilter(RequestErrorFilter())
     return logging.getLogger("chat")
 
 
-class MalformedFrameFilter(logging.Filter):
-    """Turn aiohttp's traceback for an undecodable Engine.IO frame into one line.
+class RequestErrorFilter(logging.Filter):
+    """Turn two expected request errors from aiohttp's log into one line each.
 
-    Engine.IO decodes WebSocket frames outside any error handling of its own,
-    so a frame that is not Engine.IO at all ("xyz") ends the request with an
-    exception that aiohttp logs in full.  The connection is closed either
-    way; one warning line is enough, and keeps a hostile client from filling
-    the logs with tracebacks.  (Malformed Socket.IO packets inside valid
-    frames are handled in chat.server.)
+    aiohttp logs any exception that ends a request with a full traceback.
+    Two kinds are expected, and a traceback for each would let a client (or
+    a drain) fill the logs:
+
+    * an undecodable Engine.IO frame: Engine.IO decodes WebSocket frames
+      outside any error handling of its own, so a frame that is not
+      Engine.IO at all ("xyz") ends the request (malformed Socket.IO packets
+      inside valid frames are handled in chat.server);
+    * a connection that closed while a reply was being written to it: a
+      client that went away, or our own drain on SIGTERM.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -45,13 +49,17 @@ class MalformedFrameFilter(logging.Filter):
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        if tb is None or not tb.tb_frame.f_code.co_filename.endswith("engineio/packet.py"):
+        if tb is not None and tb.tb_frame.f_code.co_filename.endswith("engineio/packet.py"):
+            message = "malformed Engine.IO frame (%s: %s); connection closed"
+            level = logging.WARNING
+        elif isinstance(exc, ConnectionResetError):  # aiohttp's ClientConnectionResetError too
+            message = "connection closed while writing to it (%s: %s)"
+            level = logging.INFO
+        else:
             return True
-        record.msg = "malformed Engine.IO frame (%s: %s); connection closed"
-        record.args = (type(exc).__name__, exc)
-        record.exc_info = None
-        record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = message, (type(exc).__name__, exc)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = level, logging.getLevelName(level)
         return True
 
 
