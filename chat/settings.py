@@ -103,7 +103,7 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
 
 
 def _mode(env: Mapping[str, str]) -> str:
-    raw = env.get("REDIS_MODE", "").strip().lower() or "socketio"
+    raw = env.get("REDIS_MODE", "").strip().lower() or Settings.redis_mode
     if raw not in MODES:
         raise SettingsError(
             f"REDIS_MODE={env['REDIS_MODE']!r} is not valid: expected one of "
@@ -130,7 +130,7 @@ def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _log_level(env: Mapping[str, str]) -> str:
-    raw = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    raw = env.get("LOG_LEVEL", "").strip().upper() or Settings.log_level
     levels = ("DEBUG", "INFO", "WARNING", "ERROR")
     if raw not in levels:
         raise SettingsError(
@@ -154,22 +154,23 @@ def _server_id(env: Mapping[str, str]) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
+    d = Settings(server_id="")  # the defaults, written once: in the dataclass
     settings = Settings(
-        host=_text(env, "HOST", "127.0.0.1"),
-        port=_number(env, "PORT", 8000, minimum=0),
+        host=_text(env, "HOST", d.host),
+        port=_number(env, "PORT", d.port, minimum=0),
         redis_url=_redis_url(env),
         redis_mode=_mode(env),
-        redis_channel=_text(env, "REDIS_CHANNEL", "chat:messages"),
+        redis_channel=_text(env, "REDIS_CHANNEL", d.redis_channel),
         server_id=_server_id(env),
         cors_origins=_origins(env),
-        max_message_length=_number(env, "MAX_MESSAGE_LENGTH", 2000, minimum=1),
-        max_frame_bytes=_number(env, "MAX_FRAME_BYTES", 32_768, minimum=1024),
-        message_rate=_number(env, "MESSAGE_RATE", 10.0, kind=float, minimum=0.1),
-        message_burst=_number(env, "MESSAGE_BURST", 20, minimum=1),
-        ping_interval=_number(env, "PING_INTERVAL", 25.0, kind=float, minimum=1),
-        ping_timeout=_number(env, "PING_TIMEOUT", 20.0, kind=float, minimum=1),
+        max_message_length=_number(env, "MAX_MESSAGE_LENGTH", d.max_message_length, minimum=1),
+        max_frame_bytes=_number(env, "MAX_FRAME_BYTES", d.max_frame_bytes, minimum=1024),
+        message_rate=_number(env, "MESSAGE_RATE", d.message_rate, kind=float, minimum=0.1),
+        message_burst=_number(env, "MESSAGE_BURST", d.message_burst, minimum=1),
+        ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
+        ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),
-        web_dir=Path(_text(env, "WEB_DIR", str(DEFAULT_WEB_DIR))),
+        web_dir=Path(_text(env, "WEB_DIR", str(d.web_dir))),
     )
     if settings.port > 65535:
         raise SettingsError(f"PORT={settings.port} is not valid: expected 0 to 65535")
