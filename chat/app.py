@@ -1,10 +1,10 @@
 """The application factory: where one replica is assembled.
 
 ``create_app`` reads like a table of contents: settings, metrics, the
-backplane manager, the Socket.IO server with the chat namespace, HTTP routes,
-and the backplane's lifetime.  gunicorn's aiohttp worker (through
-:func:`gunicorn_app`), ``python -m chat`` and the tests all build the app
-here and nowhere else.
+backplane manager, the Socket.IO server, the room history and presence, the
+chat namespace, HTTP routes, and the lifetime of the background work.
+gunicorn's aiohttp worker (through :func:`gunicorn_app`), ``python -m chat``
+and the tests all build the app here and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import jsonio
 from .backplane import create_manager
+from .backplane.base import client_name, redis_options
 from .events import ChatNamespace
+from .history import MemoryHistory, RedisHistory
 from .keys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, SETTINGS, SIO
 from .logs import setup_logging
 from .metrics import Metrics
+from .presence import MemoryStore, Presence, RedisStore
 from .routes import setup_routes
 from .server import ChatServer
 from .settings import Settings, load_settings
@@ -46,7 +50,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
         logger=logger.getChild("socketio"),
         engineio_logger=logger.getChild("engineio"),
     )
-    namespace = ChatNamespace(settings, metrics, logger)
+    history, presence_store = create_stores(settings)
+    sequencer = manager.sequence(history, logger)
+    presence = Presence(presence_store, ttl=settings.presence_ttl, logger=logger,
+                        emit=lambda room, event: sio.emit("presence", event, room=room))
+    namespace = ChatNamespace(settings, metrics, logger, history=history,
+                              sequencer=sequencer, presence=presence)
     sio.register_namespace(namespace)
 
     app = web.Application(middlewares=[track_connections])
@@ -103,11 +112,19 @@ async def backplane_lifetime(app: web.Application):
     sio, settings, logger = app[SIO], app[SETTINGS], app[LOGGER]
     sio.manager_initialized = True
     sio.manager.initialize()
+    namespace = app[NAMESPACE]
+    loops = [asyncio.ensure_future(namespace.sequencer.run()),
+             asyncio.ensure_future(namespace.presence.run())]
     logger.info("replica %s up, backplane %s", settings.server_id, settings.mode)
     yield
-    await app[NAMESPACE].flush()  # leave notices of the drained clients
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    await namespace.presence.close()  # the drained clients' departures
+    await namespace.sequencer.close()
     await sio.shutdown()  # Engine.IO's service task
     await app[MANAGER].close()
+    await namespace.history.close()
     await _cancel_ping_timers()
 
 
@@ -123,6 +140,18 @@ async def _cancel_ping_timers() -> None:
     for task in timers:
         task.cancel()
     await asyncio.gather(*timers, return_exceptions=True)
+
+
+def create_stores(settings: Settings):
+    """The room history and the presence store: in Redis when there is one
+    (one connection pool for both), else in this process."""
+    if settings.mode == "memory":
+        return MemoryHistory(settings.history_length), MemoryStore()
+    client = aioredis.Redis.from_url(
+        settings.redis_url, **redis_options(client_name(settings.server_id) + ":store"))
+    return (RedisHistory(client, prefix=settings.redis_channel,
+                         length=settings.history_length),
+            RedisStore(client, prefix=settings.redis_channel, ttl=settings.presence_ttl))
 
 
 def _cors(settings: Settings):

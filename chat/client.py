@@ -55,14 +55,20 @@ note = stderr_notes("chat-client")
 
 
 def format_event(kind: str, event: dict) -> str:
-    """One line for a ``message`` or ``system`` event."""
-    clock = time.strftime("%H:%M:%S", time.localtime(event.get("ts", 0) / 1000))
+    """One line for a ``message``, a ``presence`` change or a ``gap``."""
+    clock = time.strftime("%H:%M:%S", time.localtime(event.get("ts", time.time() * 1000) / 1000))
     room = printable(event.get("room", "?"))
-    server = printable(event.get("server", "?"))
-    text = printable(event.get("text", ""))
     if kind == "message":
+        server = printable(event.get("server", "?"))
+        text = printable(event.get("text", ""))
         return f"[{room}] {clock} {printable(event.get('name', '?'))}@{server}: {text}"
-    return f"[{room}] {clock} * {text} ({server})"
+    if kind == "presence":
+        parts = [f"{change}: " + ", ".join(sorted({printable(p.get("name", "?"))
+                                                   for p in event[change]}))
+                 for change in ("joined", "left") if event.get(change)]
+        online = f" ({event['count']} online)" if isinstance(event.get("count"), int) else ""
+        return f"[{room}] {clock} * {'; '.join(parts)}{online}"
+    return f"[{room}] {clock} * {printable(event.get('reason', kind))}"
 
 
 def format_json(kind: str, event: dict) -> str:
@@ -86,7 +92,7 @@ class Connection(Session):
         self.seen_ids: deque[str] = deque(maxlen=256)
         self.last_sent: str | None = None
         self.arrived = asyncio.Event()
-        self.sio.on("system", self._on_system)
+        self.sio.on("presence", self._on_presence)
 
     def on_welcome(self, previous):
         if previous is not None:
@@ -110,9 +116,14 @@ class Connection(Session):
         if self.show:
             self.show("message", event)
 
-    def _on_system(self, event):
+    def on_gap(self, reason):
+        note(f"gap in [{self.room}]: {reason}")
         if self.show:
-            self.show("system", event)
+            self.show("gap", {"room": self.room, "reason": reason})
+
+    def _on_presence(self, event):
+        if self.show and isinstance(event, dict) and (event.get("joined") or event.get("left")):
+            self.show("presence", event)
 
     async def stay_connected(self) -> None:
         """Reopen the session whenever the server ends it; never returns."""

@@ -6,42 +6,61 @@ this process or crosses Redis to the other replicas.
 
 Events (namespace ``/``; README.md has the full table):
 
-* connect with ``auth={"name", "room"}``; refused with a reason otherwise.
-* server -> client ``welcome`` right after connecting.
-* client -> server ``message`` ``{"text"}``; ack ``{"ok": true, "id"}`` or
+* connect with ``auth={"name", "room", "resume"?}``; refused with a reason
+  otherwise.
+* server -> client ``welcome``: the room's recent history (or, with
+  ``resume``, exactly what the client missed, or a ``gap`` saying why not),
+  who is in the room, and the client's replica.  Sent again after a ``join``.
+* client -> server ``message`` ``{"text"}``: stored in the room's history
+  (which numbers it), then relayed; ack ``{"ok": true, "id", "seq"}`` or
   ``{"ok": false, "error"}``; the room receives ``message``.
-* client -> server ``join`` ``{"room"}``; the rooms left and entered receive
-  ``system`` notices.
+* client -> server ``join`` ``{"room"}``; ack ``{"ok", "room", "history", ...}``.
+* client -> server ``history`` ``{"after": seq}``: the messages after ``seq``.
+* client -> server ``presence``: the room's members on every replica.
 * client -> server ``typing`` ``{"typing": bool}``; relayed to the room.
+* server -> room ``presence`` ``{"joined", "left", "count"}`` as people come
+  and go (``presence.py``).
 
 Anything else a client sends gets ``{"ok": false, "error": ...}`` as its ack.
+
+One message, end to end: ``on_message`` appends it to the room's history
+(one Redis script gives it the next number), then ``emit``s it; every
+replica that has members in the room writes it to them through its
+``Sequencer`` (``delivery.py``), in number order, without duplicates, and
+reading from the history whatever the live path dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 
 import socketio
 
 from .backplane import BackplaneUnavailable
+from .delivery import Sequencer
+from .history import HistoryUnavailable, resume_gap
 from .metrics import Metrics
+from .presence import Presence
 from .protocol import (
     ProtocolError,
     TokenBucket,
     chat_message,
     clean_text,
+    history_after,
     parse_auth,
+    parse_resume,
     room_of,
-    system_notice,
 )
 from .settings import Settings
 
 LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
-CLIENT_EVENTS = frozenset({"message", "join", "typing"})
+NOT_SENT = "not sent: the chat's storage (Redis) does not answer; try again"
+NO_HISTORY = "history unavailable: the chat's storage (Redis) does not answer"
+CLIENT_EVENTS = frozenset({"message", "join", "typing", "history", "presence"})
 
 
 def refusal(error: str, **extra) -> dict:
@@ -52,18 +71,22 @@ def refusal(error: str, **extra) -> dict:
 class Client:
     name: str
     room: str
+    pid: str  # presence id: names this connection to other users, unlike the sid
     messages: TokenBucket
     typing: TokenBucket
 
 
 class ChatNamespace(socketio.AsyncNamespace):
-    def __init__(self, settings: Settings, metrics: Metrics, logger: logging.Logger):
+    def __init__(self, settings: Settings, metrics: Metrics, logger: logging.Logger, *,
+                 history, sequencer: Sequencer, presence: Presence):
         super().__init__("/")
         self.settings = settings
         self.metrics = metrics
         self.log = logger
+        self.history = history
+        self.sequencer = sequencer
+        self.presence = presence
         self.clients: dict[str, Client] = {}
-        self._notices: set[asyncio.Task] = set()
 
     async def trigger_event(self, event, *args):
         """Route an event, refusing names the protocol does not define.
@@ -100,27 +123,77 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_connect(self, sid, environ, auth=None):
         try:
-            name, room = parse_auth(auth)
+            name, room, resume = parse_auth(auth)
         except ProtocolError as exc:
             self.log.info("refused %s from %s: %s", sid, _address(environ), exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         s = self.settings
-        await self.enter_room(sid, room)
-        welcome = {
-            "server": s.server_id, "mode": s.mode, "sid": sid, "name": name,
-            "room": room, "max_message_length": s.max_message_length,
-        }
-        # The client is on this replica: no need to cross the backplane.
-        await self.emit("welcome", welcome, to=sid, ignore_queue=True)
-        # Registered last: if anything above failed, nothing is left behind.
-        self.clients[sid] = Client(
-            name=name, room=room,
+        client = Client(
+            name=name, room=room, pid=secrets.token_hex(6),
             messages=TokenBucket(s.message_rate, s.message_burst),
             typing=TokenBucket(5.0, 10),
         )
+        try:
+            await self._enter(sid, client, room, resume)
+        except BaseException:
+            await self.presence.leave(client.pid)
+            raise
+        # Registered last: if anything above failed, nothing is left behind.
+        self.clients[sid] = client
         self.metrics.connected.inc()
-        self.log.info("connect %s name=%r room=%r from %s", sid, name, room, _address(environ))
-        self._notice(room, name, "join", skip_sid=sid)
+        self.log.info("connect %s name=%r room=%r from %s%s", sid, name, room,
+                      _address(environ), " (resuming)" if resume else "")
+
+    async def _enter(self, sid, client: Client, room: str, resume) -> dict:
+        """Put ``client`` in ``room`` and send it the room's welcome.
+
+        Inside the room's line (``Sequencer.entering``) the history is read,
+        the socket joins the room and the welcome is written, so the welcome
+        comes before any live message of the room and the history it
+        carries reaches up to where live messages take over.
+        """
+        await self.presence.enter(room, client.pid, client.name)
+        people = await self.presence.members(room)
+        async with self.sequencer.entering(room) as start:
+            state = await self._room_state(room, resume)
+            start(state["epoch"], state["seq"])
+            await self.enter_room(sid, room)
+            client.room = room
+            s = self.settings
+            welcome = {
+                "server": s.server_id, "mode": s.mode, "sid": sid, "name": client.name,
+                "id": client.pid, "room": room, "max_message_length": s.max_message_length,
+                **state, "presence": people,
+            }
+            # The client is on this replica: no need to cross the backplane.
+            await self.emit("welcome", welcome, to=sid, ignore_queue=True)
+        return state
+
+    async def _room_state(self, room: str, resume) -> dict:
+        """The history a client entering ``room`` gets.
+
+        Without ``resume``: the last ``HISTORY_ON_JOIN`` messages.  With it:
+        every message after the client's position, or, when the history no
+        longer reaches back that far, the last messages and a ``gap``.
+        """
+        s = self.settings
+        gap = None
+        try:
+            if resume is not None:
+                epoch, after = resume
+                piece = await self.history.since(room, after, s.history_length)
+                gap = resume_gap(piece, epoch, after)
+                if gap is None:
+                    return {"epoch": piece.epoch, "seq": piece.last,
+                            "history": piece.messages, "resumed": True, "gap": None}
+            piece = await self.history.tail(room, s.history_on_join)
+        except HistoryUnavailable as exc:
+            self.metrics.history_failures.inc()
+            self.log.warning("history of %r unavailable: %s", room, exc)
+            return {"epoch": None, "seq": 0, "history": [], "resumed": False,
+                    "gap": NO_HISTORY}
+        return {"epoch": piece.epoch, "seq": piece.last, "history": piece.messages,
+                "resumed": False, "gap": gap}
 
     async def on_disconnect(self, sid, reason=None):
         client = self.clients.pop(sid, None)
@@ -128,7 +201,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             return
         self.metrics.connected.dec()
         self.log.info("disconnect %s name=%r (%s)", sid, client.name, reason)
-        self._notice(client.room, client.name, "leave")
+        await self.presence.leave(client.pid)
 
     async def on_message(self, sid, payload):
         started = time.perf_counter()
@@ -147,12 +220,21 @@ class ChatNamespace(socketio.AsyncNamespace):
             return refusal(str(exc))
         message = chat_message(room=client.room, name=client.name, text=text,
                                server=self.settings.server_id)
-        self.metrics.accepted.inc()
         try:
+            message = await self.history.append(client.room, message)
+        except HistoryUnavailable:
+            # Not stored means not numbered: nobody gets it, and the sender
+            # is told so and may send it again.
+            self.metrics.rejected.inc()
+            self.metrics.history_failures.inc()
+            return refusal(NOT_SENT, id=message["id"])
+        self.metrics.accepted.inc()
+        # If the relay fails the message is still stored, so not lost: the
+        # other replicas read it from the history within a second
+        # (Sequencer.catch_up).
+        with contextlib.suppress(BackplaneUnavailable):
             await self.emit("message", message, room=client.room)
-        except BackplaneUnavailable:
-            return refusal(LOCAL_ONLY, id=message["id"])
-        return {"ok": True, "id": message["id"]}
+        return {"ok": True, "id": message["id"], "seq": message["seq"]}
 
     async def on_join(self, sid, payload):
         client = self.clients[sid]
@@ -160,17 +242,43 @@ class ChatNamespace(socketio.AsyncNamespace):
             if not client.messages.take():
                 raise ProtocolError("rate limit: too many requests, slow down")
             room = room_of(payload)
+            resume = parse_resume(payload.get("resume")) if isinstance(payload, dict) else None
         except ProtocolError as exc:
             return refusal(str(exc))
         old = client.room
-        if room != old:
-            await self.leave_room(sid, old)
-            await self.enter_room(sid, room)
-            client.room = room
-            self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
-            self._notice(old, client.name, "leave")
-            self._notice(room, client.name, "join", skip_sid=sid)
-        return {"ok": True, "room": room}
+        if room == old:
+            return {"ok": True, "room": room}
+        await self.leave_room(sid, old)
+        await self.presence.leave(client.pid)
+        state = await self._enter(sid, client, room, resume)
+        self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
+        return {"ok": True, "room": room, **state}
+
+    async def on_history(self, sid, payload):
+        """Send a client the messages after a number it names (it saw a jump)."""
+        client = self.clients[sid]
+        try:
+            if not client.messages.take():
+                raise ProtocolError("rate limit: too many requests, slow down")
+            after = history_after(payload)
+        except ProtocolError as exc:
+            return refusal(str(exc))
+        epoch = payload.get("epoch")
+        try:
+            piece = await self.history.since(client.room, after, self.settings.history_length)
+        except HistoryUnavailable:
+            self.metrics.history_failures.inc()
+            return refusal(NO_HISTORY)
+        gap = resume_gap(piece, piece.epoch if epoch is None else epoch, after)
+        return {"ok": True, "room": client.room, "epoch": piece.epoch, "seq": piece.last,
+                "messages": piece.messages, "gap": gap}
+
+    async def on_presence(self, sid, payload):
+        client = self.clients[sid]
+        if not client.messages.take():
+            return refusal("rate limit: too many requests, slow down")
+        people = await self.presence.members(client.room)
+        return {"ok": True, "room": client.room, "presence": people, "count": len(people)}
 
     async def on_typing(self, sid, payload):
         client = self.clients[sid]
@@ -183,29 +291,6 @@ class ChatNamespace(socketio.AsyncNamespace):
         except BackplaneUnavailable:
             return refusal(LOCAL_ONLY)
         return {"ok": True}
-
-    def _notice(self, room, name, kind, skip_sid=None) -> None:
-        """Tell a room that someone joined or left, in the background.
-
-        Nobody waits for a notice, so a slow or absent Redis must not hold up
-        the connect, join or disconnect that caused it.
-        """
-        notice = system_notice(room=room, name=name, kind=kind,
-                               server=self.settings.server_id)
-        task = asyncio.ensure_future(self._send_notice(notice, room, skip_sid))
-        self._notices.add(task)
-        task.add_done_callback(self._notices.discard)
-
-    async def _send_notice(self, notice, room, skip_sid) -> None:
-        # If Redis is down the manager has logged it, and the members on this
-        # replica have the notice already: nothing more to do.
-        with contextlib.suppress(BackplaneUnavailable):
-            await self.emit("system", notice, room=room, skip_sid=skip_sid)
-
-    async def flush(self, timeout: float = 2.0) -> None:
-        """Let notices still being sent finish (at shutdown)."""
-        if self._notices:
-            await asyncio.wait(set(self._notices), timeout=timeout)
 
 
 def _address(environ) -> str:

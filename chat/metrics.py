@@ -51,6 +51,14 @@ class Metrics:
             "chat_backplane_publish_failures", "Publishes to Redis that failed")
         self.reconnects = counter(
             "chat_backplane_reconnects", "Times the backplane subscription was re-established")
+        self.recovered = counter(
+            "chat_messages_recovered",
+            "Chat messages this replica read back from a room's history because "
+            "the live path did not bring them (gap filled)")
+        self.duplicates = counter(
+            "chat_messages_duplicates", "Chat messages dropped because already delivered")
+        self.history_failures = counter(
+            "chat_history_failures", "Reads or writes of the message history that failed")
         self.handling = Histogram(
             "chat_message_handling_seconds",
             "Time from receiving a chat message to acknowledging it",

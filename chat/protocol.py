@@ -15,6 +15,7 @@ import uuid
 DEFAULT_ROOM = "general"
 MAX_NAME_LENGTH = 32
 MAX_ROOM_LENGTH = 32
+MAX_EPOCH_LENGTH = 32
 
 
 class ProtocolError(ValueError):
@@ -45,11 +46,38 @@ def clean_room(value) -> str:
     return room
 
 
-def parse_auth(auth) -> tuple[str, str]:
-    """Return ``(name, room)`` from a connection's auth payload."""
+def parse_auth(auth) -> tuple[str, str, tuple[str, int] | None]:
+    """Return ``(name, room, resume)`` from a connection's auth payload."""
     if not isinstance(auth, dict):
         raise ProtocolError('connect with auth {"name": ..., "room": ...}')
-    return clean_name(auth.get("name")), clean_room(auth.get("room"))
+    return (clean_name(auth.get("name")), clean_room(auth.get("room")),
+            parse_resume(auth.get("resume")))
+
+
+def parse_resume(value) -> tuple[str, int] | None:
+    """Return ``(epoch, seq)`` from a ``resume`` field, or None when absent.
+
+    A client that reconnects sends the position of the last message it saw
+    (``{"epoch": "...", "seq": 41}``) to be sent what it missed."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError('resume must be an object like {"epoch": "...", "seq": 41}')
+    epoch, seq = value.get("epoch"), value.get("seq")
+    if not isinstance(epoch, str) or not 1 <= len(epoch) <= MAX_EPOCH_LENGTH:
+        raise ProtocolError(f"resume.epoch must be a string of 1 to {MAX_EPOCH_LENGTH} "
+                            "characters")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**53:
+        raise ProtocolError("resume.seq must be a whole number >= 0")
+    return epoch, seq
+
+
+def history_after(payload) -> int:
+    """Return the sequence number a ``history`` request asks to continue."""
+    after = payload.get("after") if isinstance(payload, dict) else None
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**53:
+        raise ProtocolError('history needs {"after": <sequence number>}')
+    return after
 
 
 def clean_text(payload, max_length: int) -> str:
@@ -86,18 +114,6 @@ def chat_message(*, room: str, name: str, text: str, server: str) -> dict:
         "room": room,
         "name": name,
         "text": text,
-        "server": server,
-        "ts": now_ms(),
-    }
-
-
-def system_notice(*, room: str, name: str, kind: str, server: str) -> dict:
-    verbs = {"join": "joined", "leave": "left"}
-    return {
-        "room": room,
-        "name": name,
-        "kind": kind,
-        "text": f"{name} {verbs[kind]} {room}",
         "server": server,
         "ts": now_ms(),
     }

@@ -110,6 +110,60 @@ async def diagnose(http: aiohttp.ClientSession, url: str,
     return f"{url} answers but the Socket.IO handshake failed"
 
 
+class Cursor:
+    """Where a client stands in its room's numbered history, and what to do
+    with each message that arrives (pure bookkeeping, no I/O).
+
+    ``feed`` returns the messages to show now, in order: duplicates (a
+    number already shown) are dropped, and a message ahead of a hole waits in
+    ``waiting`` until :meth:`skip` or the missing numbers arrive.
+    """
+
+    def __init__(self):
+        self.epoch: str | None = None
+        self.seq = 0
+        self.waiting: dict[int, dict] = {}
+
+    def resume(self) -> dict | None:
+        """The ``resume`` field for the next connection, if there is a position."""
+        return {"epoch": self.epoch, "seq": self.seq} if self.epoch else None
+
+    def restart(self, epoch: str | None, seq: int) -> None:
+        self.epoch, self.seq = epoch, seq
+        self.waiting.clear()
+
+    def feed(self, message: dict) -> list[dict]:
+        seq, epoch = message.get("seq"), message.get("epoch")
+        if not isinstance(seq, int):
+            return [message]  # not numbered (a very old server): just show it
+        if self.epoch is None:
+            self.restart(epoch, seq - 1)
+        elif epoch != self.epoch:
+            self.restart(epoch, 0)
+        if seq <= self.seq or seq in self.waiting:
+            return []
+        self.waiting[seq] = message
+        return self._ready()
+
+    def skip(self) -> list[dict]:
+        """Give up on the hole before the first waiting message."""
+        if self.waiting:
+            self.seq = min(self.waiting) - 1
+        return self._ready()
+
+    def _ready(self) -> list[dict]:
+        out = []
+        while (message := self.waiting.pop(self.seq + 1, None)) is not None:
+            self.seq += 1
+            out.append(message)
+        return out
+
+    @property
+    def behind(self) -> bool:
+        """A message is waiting for an earlier one that has not arrived."""
+        return bool(self.waiting)
+
+
 # -- one session --------------------------------------------------------------
 
 class Session:
@@ -141,7 +195,9 @@ class Session:
         self.sio.on("welcome", self._on_welcome)
         self.sio.on("connect_error", self._on_connect_error)
         self.sio.on("disconnect", self._on_disconnect)
-        self.sio.on("message", self.on_message)
+        self.sio.on("message", self._on_message)
+        self.cursor = Cursor()
+        self._repairing: asyncio.Future | None = None
 
     def on_welcome(self, previous: str | None) -> None:
         """After every ``welcome``; ``previous`` is the replica this session
@@ -151,16 +207,70 @@ class Session:
         """The connection dropped, and not because of :meth:`close`."""
 
     def on_message(self, event) -> None:
-        """A ``message`` event of the room."""
+        """A ``message`` of the room: each number once, in order, history
+        included."""
+
+    def on_gap(self, reason: str) -> None:
+        """Some messages of the room cannot be shown (``reason`` says why)."""
 
     def _auth(self) -> dict:
-        return {"name": self.name, "room": self.room}
+        auth = {"name": self.name, "room": self.room}
+        if (resume := self.cursor.resume()) is not None:
+            auth["resume"] = resume
+        return auth
 
     def _on_welcome(self, welcome):
         previous, self.server = self.server, str(welcome.get("server", "?"))
-        self.room = welcome.get("room", self.room)
+        room = welcome.get("room", self.room)
+        history = welcome.get("history") or []
+        if room != self.room or not welcome.get("resumed"):
+            # A new room, a first connection, or a position the server could
+            # not continue from: start where the history given starts.
+            first = history[0]["seq"] - 1 if history else welcome.get("seq", 0)
+            self.cursor.restart(welcome.get("epoch"), first)
+        self.room = room
+        if welcome.get("gap"):
+            self.on_gap(str(welcome["gap"]))
         self.on_welcome(previous)
+        for message in history:
+            self._show(self.cursor.feed(message))
+        if isinstance(welcome.get("seq"), int) and welcome.get("epoch") == self.cursor.epoch:
+            self.cursor.seq = max(self.cursor.seq, welcome["seq"])
         self.welcomed.set()
+
+    def _on_message(self, event):
+        if not isinstance(event, dict):
+            return
+        self._show(self.cursor.feed(event))
+        if self.cursor.behind and not self._repairing:
+            self._repairing = asyncio.ensure_future(self._repair())
+
+    def _show(self, messages: list[dict]) -> None:
+        for message in messages:
+            self.on_message(message)
+
+    async def _repair(self) -> None:
+        """A number was skipped: ask the server for what lies in between."""
+        try:
+            await asyncio.sleep(0.2)  # it may still arrive on its own
+            if not self.cursor.behind:
+                return
+            try:
+                answer = await self.sio.call(
+                    "history", {"after": self.cursor.seq, "epoch": self.cursor.epoch},
+                    timeout=5)
+            except socketio.exceptions.SocketIOError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("ok"):
+                for message in answer.get("messages") or []:
+                    self._show(self.cursor.feed(message))
+                if answer.get("gap"):
+                    self.on_gap(str(answer["gap"]))
+            if self.cursor.behind:
+                self.on_gap("some messages could not be fetched")
+                self._show(self.cursor.skip())
+        finally:
+            self._repairing = None
 
     def _on_connect_error(self, data=None):
         self.refusal = refusal_reason(data)

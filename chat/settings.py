@@ -49,6 +49,14 @@ class Settings:
     # Token bucket per connection: sustained messages per second, and burst.
     message_rate: float = 10.0
     message_burst: int = 20
+    # History: how many messages each room's Redis Stream keeps (the window
+    # a reconnecting client can resume within), and how many a newcomer gets.
+    history_length: int = 1000
+    history_on_join: int = 50
+    # Presence: a replica refreshes its users' entries every third of this;
+    # the users of a replica that stops refreshing vanish after at most this
+    # long (plus one refresh period).
+    presence_ttl: float = 15.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     log_level: str = "INFO"
@@ -167,6 +175,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_frame_bytes=_number(env, "MAX_FRAME_BYTES", d.max_frame_bytes, minimum=1024),
         message_rate=_number(env, "MESSAGE_RATE", d.message_rate, kind=float, minimum=0.1),
         message_burst=_number(env, "MESSAGE_BURST", d.message_burst, minimum=1),
+        history_length=_number(env, "HISTORY_LENGTH", d.history_length, minimum=1),
+        history_on_join=_number(env, "HISTORY_ON_JOIN", d.history_on_join, minimum=0),
+        presence_ttl=_number(env, "PRESENCE_TTL", d.presence_ttl, kind=float, minimum=1),
         ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
         ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),
@@ -179,5 +190,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"MAX_FRAME_BYTES={settings.max_frame_bytes} is not valid: it must hold a "
             f"message of MAX_MESSAGE_LENGTH={settings.max_message_length} characters "
             f"(at least {settings.max_message_length * 4 + 256})"
+        )
+    if settings.history_on_join > settings.history_length:
+        raise SettingsError(
+            f"HISTORY_ON_JOIN={settings.history_on_join} is not valid: it must not exceed "
+            f"HISTORY_LENGTH={settings.history_length}"
         )
     return settings

@@ -84,10 +84,11 @@ def shared_clusters(tmp_path_factory):
     pool = ClusterPool(tmp_path_factory.mktemp("shared"))
     cache: dict = {}
 
-    def get(replicas: int = 3, mode: str = "socketio", proxy: bool = True) -> LocalCluster:
-        key = (replicas, mode, proxy)
+    def get(replicas: int = 3, mode: str = "socketio", proxy: bool = True,
+            env: dict[str, str] | None = None) -> LocalCluster:
+        key = (replicas, mode, proxy, tuple(sorted((env or {}).items())))
         if key not in cache:
-            cache[key] = pool.create(replicas=replicas, mode=mode, proxy=proxy)
+            cache[key] = pool.create(replicas=replicas, mode=mode, proxy=proxy, env=env)
         return cache[key]
 
     yield get
@@ -116,7 +117,7 @@ class ChatClient:
         self.welcome: dict = {}
         self.welcomes: list[dict] = []
         self.messages: list[dict] = []
-        self.system: list[dict] = []
+        self.presence: list[dict] = []
         self.typing: list[dict] = []
         self.refusal = None
         self.disconnects: list = []
@@ -124,7 +125,7 @@ class ChatClient:
         sio = self.sio
         sio.on("welcome", self._record(self._welcomed))
         sio.on("message", self._record(self.messages.append))
-        sio.on("system", self._record(self.system.append))
+        sio.on("presence", self._record(self.presence.append))
         sio.on("typing", self._record(self.typing.append))
         sio.on("connect_error", self._record(lambda d: setattr(self, "refusal", d)))
         sio.on("disconnect", self._record(self.disconnects.append))
@@ -172,6 +173,13 @@ class ChatClient:
 
     def texts(self) -> list[str]:
         return [m["text"] for m in self.messages]
+
+    def seqs(self) -> list[int]:
+        return [m["seq"] for m in self.messages]
+
+    def saw(self, change: str, name: str) -> bool:
+        """Whether a ``presence`` event listed ``name`` as joined/left."""
+        return any(p["name"] == name for event in self.presence for p in event[change])
 
 
 @pytest.fixture

@@ -322,7 +322,8 @@ def test_rooms_keep_conversations_apart(open_chat):
     ben.page.get_by_label("Room", exact=True).fill("random")
     ben.page.get_by_label("Room", exact=True).press("Enter")
     expect(ben.page.locator("#room-name")).to_have_text("random")
-    expect(ann.page.locator(".notice").filter(has_text="ben left general")).to_have_count(1)
+    expect(ann.page.locator(".notice").filter(has_text="ben left")).to_have_count(1)
+    expect(ann.page.locator("#people li")).to_have_text(["ann"])
 
     ben.send("only in random")
     expect(ben.message("only in random")).to_have_attribute("data-state", "sent")
@@ -372,6 +373,47 @@ def test_page_moves_to_another_replica_when_its_replica_dies(open_chat, cluster)
     expect(mine.locator(".server")).to_have_text(back_on)
     for chat in witnesses:
         expect(chat.message("still here")).to_have_count(1)
+
+
+def test_page_shows_history_and_who_is_online(open_chat):
+    ann = open_chat("ann")
+    for i in range(3):
+        ann.send(f"before you came {i}")
+        expect(ann.message(f"before you came {i}")).to_have_attribute("data-state", "sent")
+
+    ben = open_chat("ben")
+    # The room's recent history, in order, then live messages after it.
+    texts = ben.page.locator(".message .text")
+    expect(texts).to_have_text([f"before you came {i}" for i in range(3)])
+    for chat in (ann, ben):
+        expect(chat.page.locator("#people li")).to_have_text(["ann", "ben"])
+        expect(chat.page.locator("#people-count")).to_have_text("2")
+    expect(ann.page.locator(".notice").filter(has_text="ben joined")).to_have_count(1)
+
+    ben.page.close()
+    expect(ann.page.locator("#people li")).to_have_text(["ann"])
+    expect(ann.page.locator("#people-count")).to_have_text("1")
+    expect(ann.page.locator(".notice").filter(has_text="ben left")).to_have_count(1)
+
+
+def test_page_catches_up_on_what_it_missed_while_moving(open_chat, cluster):
+    victim, *witnesses = open_spread(open_chat, ["vic", "wes", "wyn"])
+    sender = next(chat for chat in witnesses if chat.replica != victim.replica)
+    sender.send("before the crash")
+    expect(victim.message("before the crash")).to_have_count(1)
+
+    # While the victim's replica is dead and the page reconnects, the room
+    # goes on; the page must end with every message, once, in order.
+    cluster.kill_replica(victim.replica)
+    during = [f"while you were away {i}" for i in range(5)]
+    for text in during:
+        sender.send(text)
+        expect(sender.message(text)).to_have_attribute("data-state", "sent")
+    victim.wait_connected(timeout=RECOVERY_MS)
+    sender.send("after the move")
+    expected = ["before the crash", *during, "after the move"]
+    expect(victim.page.locator(".message .text")).to_have_text(expected)
+    expect(victim.page.locator(".notice").filter(has_text="missing")).to_have_count(0)
 
 
 def test_screenshot(open_chat):

@@ -10,14 +10,38 @@ from chat.protocol import (
     TokenBucket,
     chat_message,
     clean_text,
+    history_after,
     parse_auth,
     room_of,
 )
 
 
 def test_auth_gives_name_and_default_room():
-    assert parse_auth({"name": "  ana "}) == ("ana", DEFAULT_ROOM)
-    assert parse_auth({"name": "ana", "room": "ops"}) == ("ana", "ops")
+    assert parse_auth({"name": "  ana "}) == ("ana", DEFAULT_ROOM, None)
+    assert parse_auth({"name": "ana", "room": "ops"}) == ("ana", "ops", None)
+
+
+def test_auth_may_carry_a_position_to_resume_from():
+    auth = {"name": "ana", "resume": {"epoch": "1f2e3d4c", "seq": 41}}
+    assert parse_auth(auth) == ("ana", DEFAULT_ROOM, ("1f2e3d4c", 41))
+
+
+@pytest.mark.parametrize("resume", [
+    "41", 41, [], {}, {"epoch": "e"}, {"seq": 1}, {"epoch": "", "seq": 1},
+    {"epoch": "e" * 33, "seq": 1}, {"epoch": 5, "seq": 1}, {"epoch": "e", "seq": -1},
+    {"epoch": "e", "seq": 1.5}, {"epoch": "e", "seq": True}, {"epoch": "e", "seq": 2**53},
+])
+def test_a_bad_resume_position_is_refused_with_a_reason(resume):
+    with pytest.raises(ProtocolError, match="resume"):
+        parse_auth({"name": "ana", "resume": resume})
+
+
+def test_history_requests_name_a_position():
+    assert history_after({"after": 0}) == 0
+    assert history_after({"after": 12, "epoch": "x"}) == 12
+    for payload in (None, {}, {"after": -1}, {"after": "3"}, {"after": True}, [3]):
+        with pytest.raises(ProtocolError):
+            history_after(payload)
 
 
 @pytest.mark.parametrize("auth", [

@@ -12,6 +12,14 @@
 //   server gave it or carries an error, shown next to the message.  The server
 //   relays every message to the whole room, sender included: the echo with
 //   the same id marks the message "sent" and says which replica relayed it.
+// * Every message carries its room's sequence number (`seq`, with the
+//   room's `epoch`).  `welcome` brings the room's recent history; on a
+//   reconnection the page sends the last number it saw (`auth.resume`) and
+//   the welcome brings exactly what it missed, or a `gap` saying why it
+//   cannot.  A number seen twice is dropped; a number ahead of a hole waits
+//   while the page asks the server (`history`) for what lies in between.
+// * `presence` lists who is in the room (from the welcome, then changes as
+//   people come and go), shown beside the conversation with a count.
 //
 // Everything a peer wrote is inserted with textContent, never as HTML.
 
@@ -44,6 +52,8 @@
     roomInput: $("room-input"),
     roomError: $("room-error"),
     roomName: $("room-name"),
+    people: $("people"),
+    peopleCount: $("people-count"),
     myName: $("my-name"),
     changeName: $("change-name"),
     messages: $("messages"),
@@ -66,6 +76,10 @@
     earlyEchoes: new Map(), // message id -> an echo that came before its ack
     typers: new Map(), // name -> timer that hides their "is typing"
     typing: { active: false, sentAt: 0, idleTimer: 0 },
+    // Where this tab stands in the room's numbered history.
+    cursor: { epoch: null, seq: 0, waiting: new Map(), repairing: false },
+    people: new Map(), // presence id -> name, everyone in the room
+    peopleAsked: 0, // when the whole list was last asked for
   };
 
   // ---- storage that may be unavailable (private modes, disabled cookies)
@@ -131,7 +145,13 @@
     setConnection("connecting");
     const socket = io({
       // A function, so each (re)connection sends the current name and room.
-      auth: (send) => send({ name: chat.name, room: chat.room }),
+      auth: (send) => {
+        const auth = { name: chat.name, room: chat.room };
+        if (chat.cursor.epoch) {
+          auth.resume = { epoch: chat.cursor.epoch, seq: chat.cursor.seq };
+        }
+        send(auth);
+      },
       query: { sticky: stickyKey() },
       reconnectionDelay: 500,
       reconnectionDelayMax: 2000,
@@ -141,8 +161,8 @@
 
     socket.on("connect", () => setConnection("connected"));
     socket.on("welcome", onWelcome);
-    socket.on("message", onMessage);
-    socket.on("system", onSystem);
+    socket.on("message", feed);
+    socket.on("presence", onPresence);
     socket.on("typing", onTyping);
     socket.on("disconnect", (reason) => {
       clearTypers();
@@ -194,14 +214,156 @@
     if (Number.isInteger(welcome.max_message_length)) {
       ui.messageInput.maxLength = welcome.max_message_length;
     }
-    if (welcome.room !== chat.room || !ui.roomName.textContent) {
-      enterRoom(welcome.room);
-    }
+    const newRoom = welcome.room !== chat.room || !ui.roomName.textContent;
+    if (newRoom) enterRoom(welcome.room);
     if (previous === null) {
       addNotice(`connected to ${welcome.server}`);
-    } else {
+    } else if (!newRoom) {
       addNotice(`reconnected to ${welcome.server} (was ${previous})`);
     }
+    takeHistory(welcome, newRoom);
+    setPeople(welcome.presence || []);
+  }
+
+  // ---- numbered history
+
+  function takeHistory(welcome, newRoom) {
+    const cursor = chat.cursor;
+    const history = Array.isArray(welcome.history) ? welcome.history : [];
+    if (newRoom || !welcome.resumed) {
+      // Start where the history given starts (messages already on screen
+      // are recognised by id and not shown twice).
+      const first = history.length ? history[0].seq - 1 : welcome.seq || 0;
+      restartCursor(welcome.epoch, first);
+    }
+    if (welcome.gap) addNotice(`some messages are missing: ${welcome.gap}`);
+    if (history.length && (newRoom || !welcome.resumed)) addNotice("earlier messages");
+    for (const message of history) feed(message);
+    if (Number.isInteger(welcome.seq) && welcome.epoch === cursor.epoch) {
+      cursor.seq = Math.max(cursor.seq, welcome.seq);
+    }
+  }
+
+  function restartCursor(epoch, seq) {
+    chat.cursor.epoch = epoch || null;
+    chat.cursor.seq = seq;
+    chat.cursor.waiting.clear();
+  }
+
+  // Show a numbered message once, in order; hold it if an earlier one is missing.
+  function feed(message) {
+    const cursor = chat.cursor;
+    if (!Number.isInteger(message.seq)) {
+      onMessage(message);
+      return;
+    }
+    if (cursor.epoch === null) {
+      restartCursor(message.epoch, message.seq - 1);
+    } else if (message.epoch !== cursor.epoch) {
+      addNotice("the room's history was reset");
+      restartCursor(message.epoch, 0);
+    }
+    if (message.seq <= cursor.seq || cursor.waiting.has(message.seq)) return;
+    cursor.waiting.set(message.seq, message);
+    while (cursor.waiting.has(cursor.seq + 1)) {
+      cursor.seq += 1;
+      const next = cursor.waiting.get(cursor.seq);
+      cursor.waiting.delete(cursor.seq);
+      onMessage(next);
+    }
+    if (cursor.waiting.size && !cursor.repairing) {
+      cursor.repairing = true;
+      setTimeout(repair, 200); // it may still arrive on its own
+    }
+  }
+
+  // A number was skipped: ask for what lies between.
+  function repair() {
+    const cursor = chat.cursor;
+    const socket = chat.socket;
+    const done = (gap) => {
+      cursor.repairing = false;
+      if (!cursor.waiting.size) return;
+      addNotice(`some messages are missing: ${gap || "they could not be fetched"}`);
+      cursor.seq = Math.min(...cursor.waiting.keys()) - 1;
+      const held = [...cursor.waiting.values()];
+      cursor.waiting.clear();
+      for (const message of held) feed(message);
+    };
+    if (!cursor.waiting.size) {
+      cursor.repairing = false;
+      return;
+    }
+    if (!socket || !socket.connected) {
+      done();
+      return;
+    }
+    const asked = { after: cursor.seq, epoch: cursor.epoch };
+    socket.timeout(ACK_TIMEOUT_MS).emit("history", asked, (err, answer) => {
+      if (!err && answer && answer.ok) {
+        for (const message of answer.messages || []) feed(message);
+        done(answer.gap);
+      } else {
+        done((answer && answer.error) || (err && err.message));
+      }
+    });
+  }
+
+  // ---- presence
+
+  function setPeople(list) {
+    chat.people.clear();
+    for (const person of list) chat.people.set(person.id, person.name);
+    renderPeople();
+  }
+
+  function names() {
+    return new Set(chat.people.values());
+  }
+
+  function onPresence(event) {
+    if (event.room !== chat.room) return;
+    const before = names();
+    for (const person of event.joined || []) chat.people.set(person.id, person.name);
+    for (const person of event.left || []) chat.people.delete(person.id);
+    const after = names();
+    const came = [...after].filter((name) => !before.has(name) && name !== chat.name);
+    const went = [...before].filter((name) => !after.has(name));
+    for (const name of went) forgetTyper(name);
+    if (came.length) addNotice(summarise(came, "joined"));
+    if (went.length) addNotice(summarise(went, "left"));
+    renderPeople();
+    // A list that missed a change (the backplane was down) is asked for again.
+    if (Number.isInteger(event.count) && event.count !== chat.people.size) askPeople();
+  }
+
+  function summarise(people, verb) {
+    if (people.length <= 3) return `${people.join(", ")} ${verb}`;
+    return `${people.slice(0, 2).join(", ")} and ${people.length - 2} others ${verb}`;
+  }
+
+  function askPeople() {
+    const socket = chat.socket;
+    const now = Date.now();
+    if (!socket || !socket.connected || now - chat.peopleAsked < 2000) return;
+    chat.peopleAsked = now;
+    socket.timeout(ACK_TIMEOUT_MS).emit("presence", {}, (err, answer) => {
+      if (!err && answer && answer.ok && answer.room === chat.room) setPeople(answer.presence);
+    });
+  }
+
+  function renderPeople() {
+    // One line per person, however many tabs they have open.
+    const counts = new Map();
+    for (const name of chat.people.values()) counts.set(name, (counts.get(name) || 0) + 1);
+    const sorted = [...counts.keys()].sort((a, b) => a.localeCompare(b));
+    ui.people.replaceChildren(...sorted.map((name) => {
+      const li = document.createElement("li");
+      li.textContent = name;
+      if (name === chat.name) li.classList.add("me");
+      return li;
+    }));
+    ui.peopleCount.textContent = String(sorted.length);
   }
 
   // ---- join form (name prompt)
@@ -275,8 +437,8 @@
         ui.roomError.textContent = `could not switch room: ${err.message}`;
       } else if (!ack || !ack.ok) {
         ui.roomError.textContent = (ack && ack.error) || "could not switch room";
-      } else {
-        enterRoom(ack.room);
+      } else if (ack.room !== chat.room) {
+        enterRoom(ack.room); // the welcome normally comes first and does this
       }
     });
   });
@@ -290,6 +452,9 @@
     chat.byId.clear();
     chat.unacked.clear();
     chat.earlyEchoes.clear();
+    restartCursor(null, 0);
+    chat.people.clear();
+    renderPeople();
     clearTypers();
     addNotice(`you are in #${room}`);
   }
@@ -463,12 +628,6 @@
     setStatus(li, "sent");
     chat.byId.set(message.id, li);
     append(li);
-  }
-
-  function onSystem(notice) {
-    if (notice.room !== chat.room) return;
-    if (notice.kind === "leave") forgetTyper(notice.name);
-    addNotice(notice.text, notice.ts);
   }
 
   ui.messageForm.addEventListener("submit", (event) => {

@@ -13,6 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from socketio import packet as sio_packet
 
+from ..delivery import Sequencer
 from ..metrics import Metrics
 
 
@@ -51,6 +52,29 @@ class Observed:
     def __init__(self, *args, metrics: Metrics, **kwargs):
         super().__init__(*args, **kwargs)
         self.metrics = metrics
+        self.sequencer: Sequencer | None = None
+
+    def sequence(self, history, logger) -> Sequencer:
+        """Deliver numbered chat messages through a :class:`Sequencer`
+        (``chat.delivery``): in order, once, with holes filled from
+        ``history``."""
+        async def write(room, message):
+            await self._deliver("message", [message], "/", room, None)
+
+        def occupied(room) -> bool:
+            return bool(self.rooms.get("/", {}).get(room))
+
+        self.sequencer = Sequencer(history, write, occupied, self.metrics, logger)
+        return self.sequencer
+
+    async def _sequenced(self, event, args, namespace, room) -> bool:
+        """Hand a numbered chat message to the sequencer; False if it is not one."""
+        if (event != "message" or self.sequencer is None or namespace not in (None, "/")
+                or not isinstance(room, str) or len(args) != 1
+                or not isinstance(args[0], dict) or "seq" not in args[0]):
+            return False
+        await self.sequencer.accept(room, args[0])
+        return True
 
     async def _deliver(self, event, args: list, namespace, room, skip_sid) -> int | None:
         """Write one event to this replica's sockets in ``room``.
@@ -87,6 +111,9 @@ class Observed:
     async def _handle_emit(self, message):
         """Pub/sub managers deliver every emit, local or relayed, through here."""
         if not message.get("callback") and not message.get("binary"):
+            if await self._sequenced(message["event"], message["data"],
+                                     message.get("namespace"), message.get("room")):
+                return
             delivered = await self._deliver(
                 message["event"], message["data"], message.get("namespace") or "/",
                 message.get("room"), message.get("skip_sid"))

@@ -18,6 +18,8 @@ class MemoryManager(Observed, socketio.AsyncManager):
         if callback is None:
             # the library's convention: a tuple is several arguments
             args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+            if await self._sequenced(event, args, namespace, room):
+                return
             if await self._deliver(event, args, namespace, room, skip_sid) is not None:
                 return
         self._count_local(event, namespace, room, skip_sid)

@@ -1,0 +1,213 @@
+"""In-order, gap-free delivery of chat messages to this replica's clients.
+
+A numbered message (see ``history.py``) can reach a replica by two paths:
+its own client's emit, or the backplane from another replica.  Neither path
+promises order across replicas (two replicas may number messages 5 and 6
+and publish them in the opposite order), and the backplane promises nothing
+at all while a subscription is down.  So every chat message for a room this
+replica has members in passes through that room's *line*:
+
+* a number at or below the last one delivered is a duplicate: dropped;
+* the next number is written to the room's sockets at once, followed by any
+  later numbers that were waiting for it;
+* a number further ahead waits, and the hole gets ``GAP_WAIT`` to fill from
+  the live path (the usual case: the other replica's publish is a
+  millisecond behind).  After that the missing numbers are read from the
+  room's history.  If the history no longer has them, the line moves on and
+  the clients, who check numbers too, are told of the gap when they ask.
+
+A message whose only copy was lost (a replica unsubscribed, the last
+message before a quiet spell) leaves no hole to notice, so :meth:`catch_up`
+runs every ``CATCH_UP_EVERY`` seconds: it reads each room's latest number
+(one pipelined round trip for all rooms) and fetches what is still missing
+from the previous round.
+
+A client that enters a room does so inside the line's lock
+(:meth:`Sequencer.entering`): its history is read, it joins the Socket.IO
+room and is sent its welcome before any live message of that room can be
+written to it.  Live messages it already has from the history are dropped by
+the client by number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from .history import HistoryUnavailable
+from .metrics import Metrics
+
+GAP_WAIT = 0.05  # seconds a hole may wait for the live path
+FILL_ATTEMPTS = 5  # history reads (with doubling waits) before a hole is given up
+CATCH_UP_EVERY = 1.0
+
+
+class Line:
+    """Where one room stands on this replica."""
+
+    __slots__ = ("epoch", "filler", "last", "lock", "pending", "seen_head")
+
+    def __init__(self):
+        self.epoch: str | None = None  # None until the first member's history is known
+        self.last = 0  # the last number written to the room's sockets
+        self.pending: dict[int, dict] = {}  # arrived early, waiting for a hole to fill
+        self.lock = asyncio.Lock()
+        self.filler: asyncio.Task | None = None
+        self.seen_head = 0  # the room's latest number at the previous catch-up
+
+    def restart(self, epoch: str | None, last: int) -> None:
+        self.epoch, self.last, self.seen_head = epoch, last, last
+        self.pending.clear()
+
+
+class Sequencer:
+    def __init__(self, history, write: Callable[[str, dict], Awaitable[None]],
+                 occupied: Callable[[str], bool], metrics: Metrics,
+                 logger: logging.Logger):
+        self.history = history
+        self.write = write  # write(room, message): to this replica's sockets in room
+        self.occupied = occupied  # occupied(room): has this replica members in it?
+        self.metrics = metrics
+        self.log = logger
+        self.lines: dict[str, Line] = {}
+
+    # -- a member enters ----------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def entering(self, room: str):
+        """Hold ``room``'s line while a client is given its history and
+        joins; yield a function ``start(epoch, last)`` to call with the
+        position of the history it was given (epoch None: unknown)."""
+        line = self.lines.setdefault(room, Line())
+        async with line.lock:
+            alone = not self.occupied(room)
+
+            def start(epoch: str | None, last: int) -> None:
+                # Members already here set the pace; a first member starts
+                # the line where its history ends.
+                if alone or line.epoch is None:
+                    line.restart(epoch, last)
+
+            yield start
+
+    # -- a message arrives --------------------------------------------------
+    async def accept(self, room: str, message: dict) -> None:
+        line = self.lines.get(room)
+        if line is None:
+            return  # nobody here reads this room
+        async with line.lock:
+            seq, epoch = message["seq"], message["epoch"]
+            if line.epoch is None:  # the first member came in without history
+                line.restart(epoch, seq - 1)
+            elif epoch != line.epoch:
+                self.log.warning("history of room %r was reset (epoch %s -> %s)",
+                                 room, line.epoch, epoch)
+                line.restart(epoch, 0)
+            if seq <= line.last or seq in line.pending:
+                self.metrics.duplicates.inc()
+                return
+            line.pending[seq] = message
+            await self._flush(room, line)
+            if line.pending and line.filler is None:
+                line.filler = asyncio.ensure_future(self._fill(room, line))
+
+    async def _flush(self, room: str, line: Line) -> None:
+        """Write the waiting messages that continue the line (lock held)."""
+        while (message := line.pending.pop(line.last + 1, None)) is not None:
+            line.last += 1
+            await self.write(room, message)
+
+    async def _fill(self, room: str, line: Line) -> None:
+        """Give a hole GAP_WAIT to fill itself, then read it from history."""
+        try:
+            wait = GAP_WAIT
+            attempts = 0
+            while True:
+                await asyncio.sleep(wait)
+                async with line.lock:
+                    if not line.pending or self.lines.get(room) is not line:
+                        return
+                    first = min(line.pending)
+                    attempts += 1
+                    failed = False
+                    try:
+                        self._take(line, await self.history.between(room, line.last, first))
+                    except HistoryUnavailable:
+                        self.metrics.history_failures.inc()
+                        failed = True
+                    if line.last + 1 not in line.pending and (
+                            not failed or attempts >= FILL_ATTEMPTS):
+                        # The history does not hold them (any more), or Redis
+                        # has not answered for a while: move on.  Clients
+                        # see the jump and are told when they ask.
+                        resume_at = min(line.pending)
+                        self.log.warning("room %r: messages %d to %d are lost to this "
+                                         "replica", room, line.last + 1, resume_at - 1)
+                        line.last = resume_at - 1
+                    await self._flush(room, line)
+                wait = min(wait * 2, 1.0)
+        finally:
+            line.filler = None
+
+    def _take(self, line: Line, messages: list[dict]) -> None:
+        for message in messages:
+            if message["epoch"] == line.epoch and message["seq"] > line.last \
+                    and message["seq"] not in line.pending:
+                line.pending[message["seq"]] = message
+                self.metrics.recovered.inc()
+
+    # -- the safety net -----------------------------------------------------
+    async def catch_up(self) -> None:
+        """Fetch messages stored a round ago that have not reached us yet."""
+        for room in [r for r in self.lines if not self.occupied(r)]:
+            line = self.lines[room]
+            if not line.lock.locked():
+                del self.lines[room]
+        rooms = [room for room, line in self.lines.items() if line.epoch is not None]
+        if not rooms:
+            return
+        heads = await self.history.heads(rooms)
+        for room, (epoch, head) in heads.items():
+            line = self.lines.get(room)
+            if line is None or line.epoch is None:
+                continue
+            async with line.lock:
+                if epoch != line.epoch:
+                    self.log.warning("history of room %r was reset (epoch %s -> %s)",
+                                     room, line.epoch, epoch)
+                    line.restart(epoch, 0)
+                    line.seen_head = head
+                behind = min(line.seen_head, head)
+                line.seen_head = head
+                if line.last >= behind:
+                    continue
+                found = await self.history.between(room, line.last, behind + 1)
+                self._take(line, found)
+                await self._flush(room, line)
+
+    async def run(self) -> None:
+        """Catch up forever (a task of the replica's lifetime)."""
+        failing = False
+        while True:
+            await asyncio.sleep(CATCH_UP_EVERY)
+            try:
+                await self.catch_up()
+            except HistoryUnavailable as exc:
+                self.metrics.history_failures.inc()
+                if not failing:
+                    self.log.warning("history: catching up failed: %s", exc)
+                failing = True
+                continue
+            except Exception:
+                self.log.exception("history: catching up failed")
+                continue
+            if failing:
+                self.log.info("history: catching up again")
+                failing = False
+
+    async def close(self) -> None:
+        tasks = [line.filler for line in self.lines.values() if line.filler]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,251 @@
+"""Presence: who is online in each room, across every replica.
+
+Each connection in a room is an entry ``[id, name]`` in the room's Redis
+sorted set ``C:room:R:presence``, scored by the time (ms) it expires.  The
+replica holding the connection refreshes the expiry of all its entries every
+``PRESENCE_TTL / 3`` seconds, so entries of a replica that crashed stop
+being refreshed and expire.  ``id`` is a random tag per connection, not the
+Socket.IO sid: one person with two tabs is two entries with one name.
+
+Who tells the room that someone left:
+
+* a clean disconnect or a room change: the replica holding the connection
+  removes its entry at once;
+* a crash: every replica, every refresh period, removes the expired entries
+  of the rooms it has members in, in one Lua script, so each expired entry
+  is removed (and announced) by exactly one replica.
+
+Changes go to the room as ``presence`` events, ``{room, joined, left,
+count}``, where ``joined`` and ``left`` are lists of ``{id, name}``, to be
+applied in that order.  A replica sends the first change after a quiet
+spell at once, then gathers the changes of the next ``BATCH`` seconds into
+one event per room: when a thousand clients reconnect at once, the room gets
+a few events listing many people instead of a thousand events each sent to
+a thousand members.  ``count`` is the number of live entries when the event was sent;
+a client whose list has another size asks for the whole list again
+(``presence`` request), which also repairs a list that missed an event
+while the backplane was down.
+
+``MemoryStore`` keeps the same entries in-process for the single node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from . import jsonio
+
+BATCH = 0.25  # seconds of changes per room gathered into one presence event
+EXPIRE = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) end
+return gone
+"""
+
+
+class MemoryStore:
+    def __init__(self):
+        self.rooms: dict[str, dict[str, float]] = {}
+
+    async def add(self, room: str, entries: list[str], expires: float) -> None:
+        members = self.rooms.setdefault(room, {})
+        for entry in entries:
+            members[entry] = expires
+
+    async def remove(self, room: str, entry: str) -> None:
+        members = self.rooms.get(room, {})
+        members.pop(entry, None)
+        if not members:
+            self.rooms.pop(room, None)
+
+    async def live(self, room: str, now: float) -> list[str]:
+        return [e for e, expires in self.rooms.get(room, {}).items() if expires > now]
+
+    async def expire(self, room: str, now: float) -> list[str]:
+        members = self.rooms.get(room, {})
+        gone = [e for e, expires in members.items() if expires <= now]
+        for entry in gone:
+            del members[entry]
+        return gone
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisStore:
+    def __init__(self, client, *, prefix: str, ttl: float):
+        self.redis = client
+        self.prefix = prefix
+        self.key_ttl_ms = int(ttl * 3000)  # a room nobody refreshes goes away
+        self._expire = client.register_script(EXPIRE)
+
+    def _key(self, room: str) -> str:
+        return f"{self.prefix}:room:{room}:presence"
+
+    async def add(self, room: str, entries: list[str], expires: float) -> None:
+        key = self._key(room)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {entry: expires * 1000 for entry in entries})
+            pipe.pexpire(key, self.key_ttl_ms)
+            await pipe.execute()
+
+    async def remove(self, room: str, entry: str) -> None:
+        await self.redis.zrem(self._key(room), entry)
+
+    async def live(self, room: str, now: float) -> list[str]:
+        return [_text(e) for e in await self.redis.zrangebyscore(
+            self._key(room), f"({now * 1000}", "+inf")]
+
+    async def expire(self, room: str, now: float) -> list[str]:
+        return [_text(e) for e in await self._expire(keys=[self._key(room)],
+                                                     args=[now * 1000])]
+
+    async def close(self) -> None:
+        return None  # the connection pool is the history's (app.create_stores)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry(pid: str, name: str) -> str:
+    return jsonio.dumps([pid, name])
+
+
+def person(raw: str) -> dict:
+    pid, name = jsonio.loads(raw)
+    return {"id": pid, "name": name}
+
+
+class Presence:
+    """This replica's side of presence: its members' entries, the refresh
+    and expiry loop, and the batched ``presence`` events."""
+
+    def __init__(self, store, *, ttl: float,
+                 emit: Callable[[str, dict], Awaitable[None]], logger: logging.Logger):
+        self.store = store
+        self.ttl = ttl
+        self.emit = emit  # emit(room, event): to the room on every replica
+        self.log = logger
+        self.local: dict[str, tuple[str, str]] = {}  # id -> (room, name), ours
+        self._changes: dict[str, tuple[dict, dict]] = {}  # room -> (joined, left)
+        self._flusher: asyncio.Task | None = None
+        self._flushed_at = 0.0
+        self._failing = False
+
+    # -- changes made by this replica's clients ------------------------------
+    async def enter(self, room: str, pid: str, name: str) -> None:
+        self.local[pid] = (room, name)
+        await self._quietly(self.store.add(room, [entry(pid, name)], time.time() + self.ttl))
+        self._changed(room, joined={pid: name})
+
+    async def leave(self, pid: str) -> None:
+        room, name = self.local.pop(pid, (None, None))
+        if room is None:
+            return
+        await self._quietly(self.store.remove(room, entry(pid, name)))
+        self._changed(room, left={pid: name})
+
+    async def members(self, room: str) -> list[dict]:
+        """Everyone in ``room`` on any replica (this replica's own members
+        only, if Redis does not answer)."""
+        try:
+            raw = await self.store.live(room, time.time())
+        except (OSError, RedisError):
+            return [{"id": pid, "name": name}
+                    for pid, (r, name) in self.local.items() if r == room]
+        return sorted((person(e) for e in raw), key=lambda p: (p["name"], p["id"]))
+
+    # -- batching -------------------------------------------------------------
+    def _changed(self, room: str, joined: dict | None = None, left: dict | None = None):
+        # Clients apply "joined" before "left".  So a connection that came
+        # and went within one batch is in both (anyone who read the list in
+        # between must still drop it), and one that left and came back is
+        # only in "joined".
+        j, lft = self._changes.setdefault(room, ({}, {}))
+        for pid, name in (joined or {}).items():
+            lft.pop(pid, None)
+            j[pid] = name
+        for pid, name in (left or {}).items():
+            lft[pid] = name
+        if self._flusher is None:
+            # The first change after a quiet spell goes out at once; the
+            # ones that follow within BATCH wait and go out together.
+            wait = max(0.0, self._flushed_at + BATCH - time.monotonic())
+            self._flusher = asyncio.ensure_future(self._flush_later(wait))
+
+    async def _flush_later(self, wait: float) -> None:
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._flusher = None
+        self._flushed_at = time.monotonic()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send the gathered changes now, one event per room."""
+        changes, self._changes = self._changes, {}
+        now = time.time()
+        for room, (joined, left) in changes.items():
+            try:
+                count = len(await self.store.live(room, now))
+            except (OSError, RedisError):
+                count = None
+            event = {
+                "room": room,
+                "joined": [{"id": p, "name": n} for p, n in joined.items()],
+                "left": [{"id": p, "name": n} for p, n in left.items()],
+                "count": count,
+            }
+            try:
+                await self.emit(room, event)
+            except Exception as exc:  # the backplane has logged why
+                self.log.debug("presence event for %r not relayed: %s", room, exc)
+
+    # -- refresh and expiry ---------------------------------------------------
+    async def refresh(self) -> None:
+        """Extend our entries' lives, and retire everyone else's dead ones."""
+        now = time.time()
+        rooms: dict[str, list[str]] = {}
+        for pid, (room, name) in list(self.local.items()):
+            rooms.setdefault(room, []).append(entry(pid, name))
+        for room, entries in rooms.items():
+            await self.store.add(room, entries, now + self.ttl)
+            gone = [person(e) for e in await self.store.expire(room, now)]
+            if gone:
+                self.log.info("presence: %d expired in %r (a replica stopped refreshing)",
+                              len(gone), room)
+                self._changed(room, left={p["id"]: p["name"] for p in gone})
+
+    async def run(self) -> None:
+        """Refresh every third of the TTL, forever (a lifetime task)."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self.refresh()
+            except (OSError, RedisError) as exc:
+                if not self._failing:
+                    self.log.warning("presence: refresh failed: %s", exc)
+                self._failing = True
+                continue
+            if self._failing:
+                self.log.info("presence: refreshing again")
+                self._failing = False
+
+    async def _quietly(self, operation) -> None:
+        """Redis being down must not stop a connect or a disconnect: the next
+        refresh writes our entries again."""
+        try:
+            await operation
+        except (OSError, RedisError) as exc:
+            self.log.debug("presence: %s", exc)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()

@@ -1,0 +1,159 @@
+"""Numbered messages are shown once each and in order: the pure logic.
+
+The replica's :class:`~chat.delivery.Sequencer` and the client's
+:class:`~chat.session.Cursor` run here against the in-process history, with
+no server; ``test_history.py`` checks the same promises through real
+replicas, Redis and failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from chat import delivery
+from chat.delivery import Sequencer
+from chat.history import MemoryHistory, Slice, resume_gap
+from chat.metrics import Metrics
+from chat.session import Cursor
+
+
+def msg(seq: int, epoch: str = "e1") -> dict:
+    return {"seq": seq, "epoch": epoch, "text": f"m{seq}"}
+
+
+# -- resume_gap ---------------------------------------------------------------
+
+def test_a_resume_is_exact_when_the_history_continues_the_client():
+    piece = Slice("e1", 7, [msg(5), msg(6), msg(7)])
+    assert resume_gap(piece, "e1", 4) is None
+    assert resume_gap(Slice("e1", 7, []), "e1", 7) is None  # missed nothing
+
+
+def test_a_resume_beyond_the_window_or_across_a_reset_says_so():
+    assert "more messages than the history keeps" in resume_gap(
+        Slice("e1", 9, [msg(8), msg(9)]), "e1", 4)
+    assert "reset" in resume_gap(Slice("e2", 9, [msg(1, "e2")]), "e1", 4)
+    assert "reset" in resume_gap(Slice("e1", 3, []), "e1", 8)  # ahead of the room
+
+
+# -- MemoryHistory --------------------------------------------------------------
+
+async def test_memory_history_numbers_and_caps_each_room():
+    history = MemoryHistory(length=3)
+    stored = [await history.append("r", {"text": str(i)}) for i in range(5)]
+    assert [m["seq"] for m in stored] == [1, 2, 3, 4, 5]
+    assert (await history.append("other", {"text": "x"}))["seq"] == 1
+    tail = await history.tail("r", 2)
+    assert (tail.last, [m["seq"] for m in tail.messages]) == (5, [4, 5])
+    assert [m["seq"] for m in (await history.since("r", 1, 10)).messages] == [3, 4, 5]
+    assert [m["seq"] for m in await history.between("r", 2, 5)] == [3, 4]
+
+
+# -- Sequencer ------------------------------------------------------------------
+
+class Room:
+    """A sequencer for one room with members, recording what it writes."""
+
+    def __init__(self, history=None):
+        self.history = history or MemoryHistory(length=100)
+        self.written: list[int] = []
+        self.sequencer = Sequencer(self.history, self.write, lambda room: True,
+                                   Metrics("t", "memory"), logging.getLogger("test"))
+
+    async def write(self, room, message):
+        self.written.append(message["seq"])
+
+    async def start(self, epoch="e1", last=0):
+        async with self.sequencer.entering("r") as start:
+            start(epoch, last)
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    monkeypatch.setattr(delivery, "GAP_WAIT", 0.01)
+
+
+async def test_out_of_order_arrivals_are_written_in_order_and_once():
+    room = Room()
+    await room.start()
+    for seq in (1, 3, 2, 2, 5, 1, 4, 5):
+        await room.sequencer.accept("r", msg(seq))
+    assert room.written == [1, 2, 3, 4, 5]
+
+
+async def test_a_hole_the_live_path_does_not_fill_is_read_from_history(quick):
+    room = Room()
+    for i in range(1, 6):
+        await room.history.append("r", {"text": str(i)})
+    await room.start(epoch=room.history.epoch)
+    epoch = room.history.epoch
+    await room.sequencer.accept("r", msg(1, epoch))
+    await room.sequencer.accept("r", msg(4, epoch))
+    assert room.written == [1]
+    await asyncio.sleep(0.1)
+    assert room.written == [1, 2, 3, 4]
+
+
+async def test_a_hole_the_history_no_longer_holds_is_skipped(quick):
+    room = Room(MemoryHistory(length=2))
+    for i in range(1, 6):
+        await room.history.append("r", {"text": str(i)})  # keeps 4 and 5
+    epoch = room.history.epoch
+    await room.start(epoch=epoch)
+    await room.sequencer.accept("r", msg(1, epoch))
+    await room.sequencer.accept("r", msg(5, epoch))
+    await asyncio.sleep(0.1)
+    assert room.written == [1, 4, 5]
+
+
+async def test_catch_up_fetches_what_never_arrived():
+    room = Room()
+    epoch = room.history.epoch
+    await room.start(epoch=epoch)
+    for i in range(1, 4):
+        await room.history.append("r", {"text": str(i)})  # stored, never relayed
+    await room.sequencer.catch_up()  # notes the room's head
+    assert room.written == []
+    await room.sequencer.catch_up()  # still missing a round later: fetched
+    assert room.written == [1, 2, 3]
+
+
+async def test_a_new_epoch_starts_the_numbering_again():
+    room = Room()
+    await room.start(last=7)
+    await room.sequencer.accept("r", msg(8))
+    await room.sequencer.accept("r", msg(1, "e2"))
+    assert room.written == [8, 1]
+
+
+async def test_a_first_member_starts_where_its_history_ends():
+    room = Room()
+    await room.start(last=10)
+    await room.sequencer.accept("r", msg(9))  # already in the member's history
+    await room.sequencer.accept("r", msg(11))
+    assert room.written == [11]
+
+
+# -- Cursor (the client side) ------------------------------------------------------
+
+def test_the_cursor_drops_duplicates_and_holds_messages_behind_a_hole():
+    cursor = Cursor()
+    cursor.restart("e1", 3)
+    assert cursor.feed(msg(3)) == []
+    assert [m["seq"] for m in cursor.feed(msg(4))] == [4]
+    assert cursor.feed(msg(6)) == [] and cursor.behind
+    assert [m["seq"] for m in cursor.feed(msg(5))] == [5, 6]
+    assert not cursor.behind
+    assert cursor.resume() == {"epoch": "e1", "seq": 6}
+
+
+def test_the_cursor_can_give_up_on_a_hole_and_follows_a_new_epoch():
+    cursor = Cursor()
+    cursor.restart("e1", 1)
+    cursor.feed(msg(4))
+    assert [m["seq"] for m in cursor.skip()] == [4]
+    assert [m["seq"] for m in cursor.feed(msg(1, "e2"))] == [1]
+    assert cursor.resume() == {"epoch": "e2", "seq": 1}
