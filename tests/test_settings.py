@@ -56,6 +56,10 @@ def test_cors_origins_parsed():
     ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "DEBUG"),
     ({"SERVER_ID": "x" * 65}, "SERVER_ID", "64"),
     ({"MAX_MESSAGE_LENGTH": "100000"}, "MAX_FRAME_BYTES", "MAX_MESSAGE_LENGTH"),
+    ({"HISTORY_LENGTH": "0"}, "HISTORY_LENGTH", ">= 1"),
+    ({"HISTORY_ON_JOIN": "-1"}, "HISTORY_ON_JOIN", ">= 0"),
+    ({"HISTORY_LENGTH": "10", "HISTORY_ON_JOIN": "50"}, "HISTORY_ON_JOIN", "HISTORY_LENGTH=10"),
+    ({"PRESENCE_TTL": "0.5"}, "PRESENCE_TTL", ">= 1"),
 ])
 def test_bad_value_names_the_variable(env, variable, accepts):
     with pytest.raises(SettingsError) as info:

@@ -13,17 +13,20 @@ recovers.
 One chat message through three replicas::
 
     client A --ws--> replica 1  ChatNamespace.on_message
+        history.append(room, msg)      # EVALSHA: numbered (seq) and stored
         sio.emit("message", msg, room="general")
         AsyncPubSubManager.emit
           1. _handle_emit(message)     # handle in this host: replica 1's own
-                                       # sockets in "general" get it now
+                                       # sockets in "general" get it now,
+                                       # through the room's Sequencer
           2. _publish(message)         # PUBLISH chat:messages <json>  (here)
     Redis sends the payload to every subscriber of chat:messages, replica 1
     included.
     replicas 1, 2, 3  _listen()        # SUBSCRIBE loop yields it      (here)
         AsyncPubSubManager._thread     # json-decodes; replica 1 drops it
                                        # (its own host_id); 2 and 3 go on
-          _handle_emit(message)        # their sockets in "general" get it
+          _handle_emit(message)        # Sequencer: in seq order, once, to
+                                       # their sockets in "general"
 
 The same path carries the other methods the base class routes: an emit to one
 sid or with ``skip_sid``; ``callback`` (the answer to an ack requested by a
@@ -34,15 +37,14 @@ another replica, acted on only by the replica that holds it.
 Failure handling, which is what this file adds over the library:
 
 * ``_publish`` raises ``BackplaneUnavailable`` when Redis does not take the
-  message (redis-py retries once on a broken connection); the sender's ack
-  says the message reached only this replica.  Local delivery has
-  already happened, so users on this replica keep chatting through an outage.
-* ``_publish`` also refuses while this replica is not subscribed: Redis
-  accepts PUBLISH again the moment it is back, before the replicas have
-  resubscribed, and a message sent then would reach no other replica while
-  its sender heard "ok".  The *other* replicas may still be resubscribing
-  too, so after a resubscription it waits ``SETTLE`` (one backoff step) before
-  it relays again; until then senders are told the message stayed local.
+  message (redis-py retries once on a broken connection).  By then the
+  message is stored in the room's history (``chat/history.py``), so the
+  sender is still told "ok": other replicas read it from the history within
+  a second or two (``chat/delivery.py``).  The same covers a message
+  published while some replica is not subscribed, e.g. right after Redis
+  comes back: pub/sub is the fast path, the history the guarantee.  (Before
+  the history existed, this class refused to publish until every replica
+  had had time to resubscribe, and told senders their message stayed local.)
 * ``_listen`` owns its reconnect loop: when the subscription breaks it retries
   after 50 ms, doubling up to 500 ms (with jitter), so it is subscribed again
   within about half a second of Redis coming back (the library waits up to
@@ -71,10 +73,6 @@ RETRY_MAX = 0.5  # cap of the doubling backoff
 CONFIRM_WITHIN = 2.0  # seconds Redis has to confirm a SUBSCRIBE
 IDLE_PING = 5.0  # PING the subscription after this long without traffic
 DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
-# After resubscribing, wait this long before publishing again: by then every
-# other replica, retrying at most every RETRY_MAX (+20% jitter), is
-# subscribed again too, so nothing is published into their deaf window.
-SETTLE = RETRY_MAX * 1.2 + 0.1
 
 
 class ManualRedisManager(Observed, AsyncPubSubManager):
@@ -86,22 +84,10 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
         # creates the dedicated connection of each subscription.
         self.redis = aioredis.Redis.from_url(url, **redis_options(client_name))
         self.subscribed = False
-        self._settled_at = 0.0  # monotonic time from which PUBLISH is allowed
         self._publish_failing = False
 
     # -- transport hook 1: send ------------------------------------------
-    @property
-    def relaying(self) -> bool:
-        """Subscribed, and settled after a resubscription."""
-        return self.subscribed and time.monotonic() >= self._settled_at
-
     async def _publish(self, message):
-        if not self.relaying:
-            # Redis may accept a PUBLISH before the replicas' subscriptions
-            # are back (right after an outage, or at start-up): the message
-            # would reach no other replica while the sender heard "ok".
-            self.metrics.publish_failures.inc()
-            raise BackplaneUnavailable("not subscribed to the Redis channel")
         payload = self.json.dumps(message)
         try:
             # redis-py retries once on a broken connection (redis_options)
@@ -130,7 +116,6 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
                 self.subscribed = True
                 if ever:
                     self.metrics.reconnects.inc()
-                    self._settled_at = time.monotonic() + SETTLE
                 self._get_logger().info(
                     "backplane: subscribed %sto %s after %.1f s (%d attempts)",
                     "again " if ever else "", self.channel,
@@ -193,8 +178,6 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
     async def ready(self):
         if not self.subscribed:
             return False, "not subscribed to the Redis channel"
-        if not self.relaying:
-            return False, "subscribed again, settling"
         if not await ping(self.redis):
             return False, "Redis does not answer PING"
         return True, "subscribed"
