@@ -21,7 +21,7 @@ follows.  The frames, in the order a session meets them::
                                                               either order is accepted)
                   or  44{"message":...}                       connect refused, and why
     server -> client  42["message",{...,"text":...,...}]      a chat message (kept raw)
-                      42["system",{...}], 42["typing",{...}]  other events (ignored)
+                      42["presence",{...}], 42["typing",{...}] other events (ignored)
     server -> client  2                                       Engine.IO ping ...
     client -> server  3                                       ... answered with a pong at once
     server -> client  41 or 1, or the socket closes           the session has ended
