@@ -229,6 +229,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.metrics.history_failures.inc()
             return refusal(NOT_SENT, id=message["id"])
         self.metrics.accepted.inc()
+        await self.presence.flush(client.room)  # "ana joined" before ana's words
         # If the relay fails the message is still stored, so not lost: the
         # other replicas read it from the history within a second
         # (Sequencer.catch_up).

@@ -187,25 +187,32 @@ class Presence:
         self._flushed_at = time.monotonic()
         await self.flush()
 
-    async def flush(self) -> None:
-        """Send the gathered changes now, one event per room."""
-        changes, self._changes = self._changes, {}
+    async def flush(self, room: str | None = None) -> None:
+        """Send the gathered changes now, one event per room (or ``room``'s
+        only: before a message is relayed, so that its sender's arrival is
+        announced before what it says)."""
+        if room is None:
+            changes, self._changes = self._changes, {}
+        elif room in self._changes:
+            changes = {room: self._changes.pop(room)}
+        else:
+            return
         now = time.time()
-        for room, (joined, left) in changes.items():
+        for where, (joined, left) in changes.items():
             try:
-                count = len(await self.store.live(room, now))
+                count = len(await self.store.live(where, now))
             except (OSError, RedisError):
                 count = None
             event = {
-                "room": room,
+                "room": where,
                 "joined": [{"id": p, "name": n} for p, n in joined.items()],
                 "left": [{"id": p, "name": n} for p, n in left.items()],
                 "count": count,
             }
             try:
-                await self.emit(room, event)
+                await self.emit(where, event)
             except Exception as exc:  # the backplane has logged why
-                self.log.debug("presence event for %r not relayed: %s", room, exc)
+                self.log.debug("presence event for %r not relayed: %s", where, exc)
 
     # -- refresh and expiry ---------------------------------------------------
     async def refresh(self) -> None:
