@@ -89,10 +89,17 @@ screenshot: install
 	SCREENSHOT_OUT=docs/screenshot.png $(BIN)/pytest -q tests/test_browser.py -k screenshot
 
 # The benchmark sweep behind docs/benchmarks.md (several minutes; run it on
-# a quiet machine), and the chart drawn from its results.
-bench: install
+# a quiet machine), and the chart drawn from its results.  The sweep also
+# measures Node's socket.io (bench/node), the speed issue's comparison point.
+NODE_REFERENCE := bench/node/node_modules/.package-lock.json
+
+bench: install $(NODE_REFERENCE)
 	$(BIN)/python -m chat.sweep $(BENCH_ARGS)
 	$(MAKE) bench-chart
+
+$(NODE_REFERENCE): bench/node/package.json bench/node/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm"; exit 1; }
+	npm ci --prefix bench/node --no-audit --no-fund
 
 bench-chart: install
 	$(BIN)/pip install -q -e '.[bench]'
@@ -104,4 +111,4 @@ chaos: install
 	$(BIN)/python -m chat.chaos $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules web/vendor .run test-artifacts .pytest_cache
+	rm -rf $(VENV) node_modules bench/node/node_modules web/vendor .run test-artifacts .pytest_cache

@@ -67,7 +67,7 @@ def refusal(error: str, **extra) -> dict:
     return {"ok": False, "error": error, **extra}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Client:
     name: str
     room: str
@@ -153,7 +153,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         carries reaches up to where live messages take over.
         """
         await self.presence.enter(room, client.pid, client.name)
-        people = await self.presence.members(room)
+        people, online = await self.presence.members(room)
         async with self.sequencer.entering(room) as start:
             state = await self._room_state(room, resume)
             start(state["epoch"], state["seq"])
@@ -163,7 +163,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             welcome = {
                 "server": s.server_id, "mode": s.mode, "sid": sid, "name": client.name,
                 "id": client.pid, "room": room, "max_message_length": s.max_message_length,
-                **state, "presence": people,
+                **state, "presence": people, "presence_count": online,
             }
             # The client is on this replica: no need to cross the backplane.
             await self.emit("welcome", welcome, to=sid, ignore_queue=True)
@@ -278,8 +278,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         client = self.clients[sid]
         if not client.messages.take():
             return refusal("rate limit: too many requests, slow down")
-        people = await self.presence.members(client.room)
-        return {"ok": True, "room": client.room, "presence": people, "count": len(people)}
+        people, online = await self.presence.members(client.room)
+        return {"ok": True, "room": client.room, "presence": people, "count": online}
 
     async def on_typing(self, sid, payload):
         client = self.clients[sid]

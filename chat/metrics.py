@@ -41,6 +41,10 @@ class Metrics:
             "chat_messages_accepted", "Chat messages accepted from this replica's clients")
         self.delivered = counter(
             "chat_messages_delivered", "Chat messages written to this replica's clients")
+        self.written_directly = counter(
+            "chat_messages_written_directly",
+            "Chat messages written to a WebSocket without Engine.IO's send queue "
+            "(the rest of chat_messages_delivered went through it)")
         self.rejected = counter(
             "chat_messages_rejected", "Chat messages refused (invalid or rate limited)")
         self.published = counter(

@@ -24,7 +24,8 @@ a few events listing many people instead of a thousand events each sent to
 a thousand members.  ``count`` is the number of live entries when the event was sent;
 a client whose list has another size asks for the whole list again
 (``presence`` request), which also repairs a list that missed an event
-while the backplane was down.
+while the backplane was down.  Lists are capped at ``LIST_MAX`` entries,
+with the room's full count beside them.
 
 ``MemoryStore`` keeps the same entries in-process for the single node.
 """
@@ -41,6 +42,10 @@ from redis.exceptions import RedisError
 from . import jsonio
 
 BATCH = 0.25  # seconds of changes per room gathered into one presence event
+# The most entries a welcome or a presence answer lists.  Every member of a
+# room gets the list when it (re)connects: with 5,000 members a full list
+# each would be 5,000 x 5,000 entries after a mass reconnection.
+LIST_MAX = 200
 EXPIRE = """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) end
@@ -63,8 +68,9 @@ class MemoryStore:
         if not members:
             self.rooms.pop(room, None)
 
-    async def live(self, room: str, now: float) -> list[str]:
-        return [e for e, expires in self.rooms.get(room, {}).items() if expires > now]
+    async def live(self, room: str, now: float, limit: int) -> tuple[list[str], int]:
+        alive = [e for e, expires in self.rooms.get(room, {}).items() if expires > now]
+        return alive[:limit], len(alive)
 
     async def expire(self, room: str, now: float) -> list[str]:
         members = self.rooms.get(room, {})
@@ -97,9 +103,14 @@ class RedisStore:
     async def remove(self, room: str, entry: str) -> None:
         await self.redis.zrem(self._key(room), entry)
 
-    async def live(self, room: str, now: float) -> list[str]:
-        return [_text(e) for e in await self.redis.zrangebyscore(
-            self._key(room), f"({now * 1000}", "+inf")]
+    async def live(self, room: str, now: float, limit: int) -> tuple[list[str], int]:
+        key, since = self._key(room), f"({now * 1000}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if limit:
+                pipe.zrangebyscore(key, since, "+inf", start=0, num=limit)
+            pipe.zcount(key, since, "+inf")
+            *entries, count = await pipe.execute()
+        return [_text(e) for e in (entries[0] if entries else [])], int(count)
 
     async def expire(self, room: str, now: float) -> list[str]:
         return [_text(e) for e in await self._expire(keys=[self._key(room)],
@@ -151,15 +162,19 @@ class Presence:
         await self._quietly(self.store.remove(room, entry(pid, name)))
         self._changed(room, left={pid: name})
 
-    async def members(self, room: str) -> list[dict]:
-        """Everyone in ``room`` on any replica (this replica's own members
-        only, if Redis does not answer)."""
+    async def members(self, room: str) -> tuple[list[dict], int]:
+        """Who is in ``room`` on any replica, at most ``LIST_MAX`` of them,
+        and how many there are (this replica's own members only, if Redis
+        does not answer)."""
         try:
-            raw = await self.store.live(room, time.time())
+            raw, count = await self.store.live(room, time.time(), LIST_MAX)
+            people = [person(e) for e in raw]
         except (OSError, RedisError):
-            return [{"id": pid, "name": name}
-                    for pid, (r, name) in self.local.items() if r == room]
-        return sorted((person(e) for e in raw), key=lambda p: (p["name"], p["id"]))
+            people = [{"id": pid, "name": name}
+                      for pid, (r, name) in self.local.items() if r == room]
+            count = len(people)
+            people = people[:LIST_MAX]
+        return sorted(people, key=lambda p: (p["name"], p["id"])), count
 
     # -- batching -------------------------------------------------------------
     def _changed(self, room: str, joined: dict | None = None, left: dict | None = None):
@@ -200,7 +215,7 @@ class Presence:
         now = time.time()
         for where, (joined, left) in changes.items():
             try:
-                count = len(await self.store.live(where, now))
+                _, count = await self.store.live(where, now, 0)
             except (OSError, RedisError):
                 count = None
             event = {

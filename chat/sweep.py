@@ -8,6 +8,10 @@ JSON file; ``--chart`` draws p99 latency against delivered messages/s from
 that file (matplotlib, the ``bench`` extra) and ``--table`` prints the
 markdown table.
 
+``--topology node`` measures the comparison point the speed issue names,
+Node's socket.io with its Redis adapter (``bench/node/server.js``), the
+same way.
+
 The load: C clients in one room (every message goes to every client), S
 senders sharing the offered rate.  Replicas run with the per-connection rate
 limit lifted (MESSAGE_RATE), since the senders here are machines.
@@ -26,13 +30,17 @@ import time
 from pathlib import Path
 
 from .bench import figure
-from .cluster import ROOT, LocalCluster, free_port
+from .cluster import ROOT, LocalCluster, free_port, spawn
 
 TOPOLOGIES = {
     "memory": {"replicas": 1, "mode": "memory"},
     "socketio": {"replicas": 3, "mode": "socketio"},
     "pubsub": {"replicas": 3, "mode": "pubsub"},
+    # The comparison point, not the chat: bench/node/server.js (Node's
+    # socket.io + Redis adapter), three processes behind the same NGINX.
+    "node": {"replicas": 3, "mode": "socketio"},
 }
+NODE_SERVER = ROOT / "bench" / "node" / "server.js"
 DEFAULT_RATES = (2000, 5000, 10000, 15000, 20000, 30000, 40000)  # deliveries/s
 P99_LIMIT_MS = 100.0
 BENCH_ENV = {"MESSAGE_RATE": "100000", "MESSAGE_BURST": "100000"}
@@ -73,12 +81,26 @@ def summarize(report: dict) -> dict:
     }
 
 
+class NodeCluster(LocalCluster):
+    """The local cluster with Node's socket.io in place of each replica.
+
+    Needs ``npm ci --prefix bench/node`` (``make bench`` does it)."""
+
+    def start_replica(self, replica) -> None:
+        if not (NODE_SERVER.parent / "node_modules").is_dir():
+            raise RuntimeError("bench/node/node_modules is missing: run "
+                               "`npm ci --prefix bench/node`")
+        env = {**self.replica_env(replica), "PORT": str(replica.port)}
+        replica.pid = spawn(["node", str(NODE_SERVER)],
+                            self.logs / f"{replica.server_id}.log", env)
+
+
 def sweep(topologies, rates, clients, senders, duration, processes, out: Path) -> list[dict]:
     results = json.loads(out.read_text()) if out.exists() else []
     for name in topologies:
         results = [r for r in results if r["topology"] != name]
         with tempfile.TemporaryDirectory() as state:
-            cluster = LocalCluster(Path(state))
+            cluster = (NodeCluster if name == "node" else LocalCluster)(Path(state))
             try:
                 cluster.up(port=free_port(), env=BENCH_ENV, **TOPOLOGIES[name])
                 for rate in rates:
@@ -180,7 +202,8 @@ def chart(results: list[dict], path: Path, baseline: list[dict] | None = None) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for colour, name in zip(("tab:blue", "tab:orange", "tab:green"), TOPOLOGIES, strict=True):
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:grey")
+    for colour, name in zip(colours, TOPOLOGIES, strict=True):
         for runs, style, label in ((results, "-", name), (baseline or [], "--",
                                                            f"{name} (baseline)")):
             points = [r for r in runs if r["topology"] == name and r["p99_ms"] is not None]

@@ -6,9 +6,11 @@ Real redis-server and replica processes; ``PRESENCE_TTL`` is shortened to
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import redis
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +33,7 @@ async def test_every_replica_gives_the_same_list(shared_clusters, connect, mode)
     last = clients[-1]
     assert names(last.welcome["presence"]) == expected
     assert {"id": last.welcome["id"], "name": last.name} in last.welcome["presence"]
+    assert last.welcome["presence_count"] == len(expected)
 
     answers = [await c.sio.call("presence", {}) for c in clients]
     assert all(a["ok"] and a["count"] == len(expected) for a in answers)
@@ -84,3 +87,28 @@ async def test_a_crashed_replicas_users_are_gone_within_the_ttl(cluster_factory,
     # Each departure was announced once, by one replica.
     lefts = [p["name"] for e in survivors[0].presence for p in e["left"]]
     assert sorted(lefts) == ["doomed0", "doomed1", "doomed2"]
+
+
+async def test_a_big_room_lists_a_few_hundred_and_counts_everyone(shared_clusters, connect,
+                                                                  mode):
+    """The list a welcome carries is capped (every reconnecting member gets
+    it); the count is the room's."""
+    from chat.presence import LIST_MAX
+
+    cluster = shared_clusters(replicas=3, mode=mode, proxy=False, env=ENV)
+    room = f"crowd-{mode}"
+    url = cluster.replicas[0].url
+    admin = redis.Redis.from_url(cluster.redis_url)
+    try:
+        # Fill the room's presence directly: LIST_MAX + 50 people who are
+        # online elsewhere, without opening that many connections.
+        expires = (time.time() + 60) * 1000
+        admin.zadd(f"chat:messages:room:{room}:presence",
+                   {json.dumps([f"x{i}", f"crowd{i}"]): expires for i in range(LIST_MAX + 50)})
+    finally:
+        admin.close()
+    client = await connect(url, "late", room=room)
+    assert len(client.welcome["presence"]) == LIST_MAX
+    assert client.welcome["presence_count"] == LIST_MAX + 51
+    answer = await client.sio.call("presence", {})
+    assert (len(answer["presence"]), answer["count"]) == (LIST_MAX, LIST_MAX + 51)

@@ -78,7 +78,8 @@
     typing: { active: false, sentAt: 0, idleTimer: 0 },
     // Where this tab stands in the room's numbered history.
     cursor: { epoch: null, seq: 0, waiting: new Map(), repairing: false },
-    people: new Map(), // presence id -> name, everyone in the room
+    people: new Map(), // presence id -> name, everyone in the room (or the first few hundred)
+    peopleTotal: 0, // connections in the room, as the server last counted them
     peopleAsked: 0, // when the whole list was last asked for
   };
 
@@ -222,7 +223,7 @@
       addNotice(`reconnected to ${welcome.server} (was ${previous})`);
     }
     takeHistory(welcome, newRoom);
-    setPeople(welcome.presence || []);
+    setPeople(welcome.presence || [], welcome.presence_count);
   }
 
   // ---- numbered history
@@ -311,9 +312,12 @@
 
   // ---- presence
 
-  function setPeople(list) {
+  // `total` is the room's count of connections; the server lists at most a
+  // few hundred of them, so a big room's list is partial.
+  function setPeople(list, total) {
     chat.people.clear();
     for (const person of list) chat.people.set(person.id, person.name);
+    chat.peopleTotal = Number.isInteger(total) ? total : list.length;
     renderPeople();
   }
 
@@ -332,9 +336,13 @@
     for (const name of went) forgetTyper(name);
     if (came.length) addNotice(summarise(came, "joined"));
     if (went.length) addNotice(summarise(went, "left"));
+    const partial = chat.peopleTotal > chat.people.size;
+    if (Number.isInteger(event.count)) chat.peopleTotal = event.count;
     renderPeople();
-    // A list that missed a change (the backplane was down) is asked for again.
-    if (Number.isInteger(event.count) && event.count !== chat.people.size) askPeople();
+    // A whole list that missed a change (the backplane was down) is asked for again.
+    if (!partial && Number.isInteger(event.count) && event.count !== chat.people.size) {
+      askPeople();
+    }
   }
 
   function summarise(people, verb) {
@@ -348,7 +356,9 @@
     if (!socket || !socket.connected || now - chat.peopleAsked < 2000) return;
     chat.peopleAsked = now;
     socket.timeout(ACK_TIMEOUT_MS).emit("presence", {}, (err, answer) => {
-      if (!err && answer && answer.ok && answer.room === chat.room) setPeople(answer.presence);
+      if (!err && answer && answer.ok && answer.room === chat.room) {
+        setPeople(answer.presence, answer.count);
+      }
     });
   }
 
@@ -363,7 +373,14 @@
       if (name === chat.name) li.classList.add("me");
       return li;
     }));
-    ui.peopleCount.textContent = String(sorted.length);
+    const hidden = Math.max(0, chat.peopleTotal - chat.people.size);
+    if (hidden) {
+      const more = document.createElement("li");
+      more.className = "more";
+      more.textContent = `and ${hidden} more`;
+      ui.people.append(more);
+    }
+    ui.peopleCount.textContent = String(sorted.length + hidden);
   }
 
   // ---- join form (name prompt)
@@ -454,6 +471,7 @@
     chat.earlyEchoes.clear();
     restartCursor(null, 0);
     chat.people.clear();
+    chat.peopleTotal = 0;
     renderPeople();
     clearTypers();
     addNotice(`you are in #${room}`);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 
 import redis.asyncio as aioredis
@@ -15,6 +16,7 @@ from socketio import packet as sio_packet
 
 from ..delivery import Sequencer
 from ..metrics import Metrics
+from ..server import text_frame
 
 
 def redis_options(client_name: str) -> dict:
@@ -81,9 +83,11 @@ class Observed:
 
         python-socketio's own local emit starts an asyncio task per
         recipient and waits for all of them; a chat message to a room of a
-        hundred costs a hundred tasks.  Here the packet is encoded once and
-        handed to each socket's send queue in a plain loop (a queue put does
-        not block).  Returns how many sockets got it, or None when the
+        hundred costs a hundred tasks.  Here the packet is encoded once, and
+        so is its WebSocket frame, which is written straight to each idle
+        WebSocket (``UncompressedWebSocket.write`` in ``chat/server.py``);
+        other sockets get it through their send queue, in a plain loop (a
+        queue put does not block).  Returns how many sockets got it, or None when the
         packet has binary parts and the library's path must take it.
         """
         pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
@@ -92,13 +96,23 @@ class Observed:
         if isinstance(encoded, list):  # binary attachments
             return None
         frame = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        wire = None  # the WebSocket frame, built for the first direct write
+        now = time.time()
         skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
         sockets = self.server.eio.sockets
-        sent = 0
+        sent = direct_writes = 0
         for sid, eio_sid in self.get_participants(namespace, room):
             socket = sockets.get(eio_sid)
             if sid in skip or socket is None or socket.closed:
                 continue
+            direct = getattr(socket, "direct", None)
+            if direct is not None:
+                if wire is None:
+                    wire = text_frame(frame.encode())
+                if direct.write(wire, socket, now):
+                    sent += 1
+                    direct_writes += 1
+                    continue
             try:
                 await socket.send(frame)
             except SocketIsClosedError:  # closed since: nothing to deliver
@@ -106,6 +120,7 @@ class Observed:
             sent += 1
         if event == "message":
             self.metrics.delivered.inc(sent)
+            self.metrics.written_directly.inc(direct_writes)
         return sent
 
     async def _handle_emit(self, message):
