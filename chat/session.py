@@ -239,8 +239,8 @@ class Session:
         self.welcomed.set()
 
     def _on_message(self, event):
-        if not isinstance(event, dict):
-            return
+        if not isinstance(event, dict) or event.get("room", self.room) != self.room:
+            return  # another room's numbering (sent before a room change)
         self._show(self.cursor.feed(event))
         if self.cursor.behind and not self._repairing:
             self._repairing = asyncio.ensure_future(self._repair())

@@ -254,6 +254,7 @@
   // Show a numbered message once, in order; hold it if an earlier one is missing.
   function feed(message) {
     const cursor = chat.cursor;
+    if (message.room !== chat.room) return; // numbered in another room's sequence
     if (!Number.isInteger(message.seq)) {
       onMessage(message);
       return;
