@@ -22,6 +22,9 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 # A connection whose TCP buffer holds more than this gets its broadcasts
 # through Engine.IO's queue again, which waits for the buffer to drain.
 DIRECT_BUFFER_LIMIT = 64 * 1024
+# What write() reads of an Engine.IO socket (engineio's AsyncSocket; not an
+# API).  A version without these gets every packet through the queue.
+ENGINEIO_STATE = ("upgraded", "upgrading", "queue", "last_ping", "closed")
 KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "HTTP_X_REAL_IP",
                 "HTTP_USER_AGENT")
 
@@ -45,8 +48,10 @@ class UncompressedWebSocket(eio_aiohttp.WebSocket):
         # The Engine.IO socket this WebSocket carries (the handler is its
         # bound method): broadcasts may write to it directly, see write().
         socket = getattr(self.handler, "__self__", None)
-        if socket is not None:
+        if socket is not None and all(hasattr(socket, name) for name in ENGINEIO_STATE):
             socket.direct = self
+        else:  # an Engine.IO that no longer looks like this: queue path only
+            socket = None
         try:
             await self.handler(self)
         finally:
