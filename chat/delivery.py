@@ -9,7 +9,8 @@ replica has members in passes through that room's *line*:
 
 * a number at or below the last one delivered is a duplicate: dropped;
 * the next number is written to the room's sockets at once, followed by any
-  later numbers that were waiting for it;
+  later numbers that were waiting for it (the bookkeeping is the same
+  :class:`~chat.history.Cursor` every client session uses);
 * a number further ahead waits, and the hole gets ``GAP_WAIT`` to fill from
   the live path (the usual case: the other replica's publish is a
   millisecond behind).  After that the missing numbers are read from the
@@ -36,7 +37,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .history import HistoryUnavailable
+from .history import Cursor, HistoryUnavailable
 from .metrics import Metrics
 
 GAP_WAIT = 0.05  # seconds a hole may wait for the live path
@@ -45,21 +46,20 @@ CATCH_UP_EVERY = 1.0
 
 
 class Line:
-    """Where one room stands on this replica."""
+    """Where one room stands on this replica: a :class:`Cursor` over the
+    room's numbers, and what guards and repairs it."""
 
-    __slots__ = ("epoch", "filler", "last", "lock", "pending", "seen_head")
+    __slots__ = ("cursor", "filler", "lock", "seen_head")
 
     def __init__(self):
-        self.epoch: str | None = None  # None until the first member's history is known
-        self.last = 0  # the last number written to the room's sockets
-        self.pending: dict[int, dict] = {}  # arrived early, waiting for a hole to fill
+        self.cursor = Cursor()  # epoch None until the first member's history is known
         self.lock = asyncio.Lock()
         self.filler: asyncio.Task | None = None
         self.seen_head = 0  # the room's latest number at the previous catch-up
 
     def restart(self, epoch: str | None, last: int) -> None:
-        self.epoch, self.last, self.seen_head = epoch, last, last
-        self.pending.clear()
+        self.cursor.restart(epoch, last)
+        self.seen_head = last
 
 
 class Sequencer:
@@ -86,7 +86,7 @@ class Sequencer:
             def start(epoch: str | None, last: int) -> None:
                 # Members already here set the pace; a first member starts
                 # the line where its history ends.
-                if alone or line.epoch is None:
+                if alone or line.cursor.epoch is None:
                     line.restart(epoch, last)
 
             yield start
@@ -97,65 +97,63 @@ class Sequencer:
         if line is None:
             return  # nobody here reads this room
         async with line.lock:
-            seq, epoch = message["seq"], message["epoch"]
-            if line.epoch is None:  # the first member came in without history
-                line.restart(epoch, seq - 1)
-            elif epoch != line.epoch:
-                self.log.warning("history of room %r was reset (epoch %s -> %s)",
-                                 room, line.epoch, epoch)
-                line.restart(epoch, 0)
-            if seq <= line.last or seq in line.pending:
+            cursor = line.cursor
+            if cursor.has(message):
                 self.metrics.duplicates.inc()
                 return
-            line.pending[seq] = message
-            await self._flush(room, line)
-            if line.pending and line.filler is None:
+            self._warn_reset(room, cursor.epoch, message["epoch"])
+            await self._write(room, cursor.feed(message))
+            if cursor.behind and line.filler is None:
                 line.filler = asyncio.ensure_future(self._fill(room, line))
 
-    async def _flush(self, room: str, line: Line) -> None:
-        """Write the waiting messages that continue the line (lock held)."""
-        while (message := line.pending.pop(line.last + 1, None)) is not None:
-            line.last += 1
+    async def _write(self, room: str, messages: list[dict]) -> None:
+        for message in messages:
             await self.write(room, message)
+
+    def _warn_reset(self, room: str, was: str | None, now: str) -> None:
+        if was is not None and now != was:
+            self.log.warning("history of room %r was reset (epoch %s -> %s)", room, was, now)
 
     async def _fill(self, room: str, line: Line) -> None:
         """Give a hole GAP_WAIT to fill itself, then read it from history."""
+        cursor = line.cursor
         try:
             wait = GAP_WAIT
             attempts = 0
             while True:
                 await asyncio.sleep(wait)
                 async with line.lock:
-                    if not line.pending or self.lines.get(room) is not line:
+                    if not cursor.behind or self.lines.get(room) is not line:
                         return
-                    first = min(line.pending)
+                    first = min(cursor.waiting)
                     attempts += 1
                     failed = False
                     try:
-                        self._take(line, await self.history.between(room, line.last, first))
+                        found = await self.history.between(room, cursor.seq, first)
+                        await self._write(room, self._take(cursor, found))
                     except HistoryUnavailable:
                         self.metrics.history_failures.inc()
                         failed = True
-                    if line.last + 1 not in line.pending and (
-                            not failed or attempts >= FILL_ATTEMPTS):
+                    if cursor.behind and (not failed or attempts >= FILL_ATTEMPTS):
                         # The history does not hold them (any more), or Redis
                         # has not answered for a while: move on.  Clients
                         # see the jump and are told when they ask.
-                        resume_at = min(line.pending)
                         self.log.warning("room %r: messages %d to %d are lost to this "
-                                         "replica", room, line.last + 1, resume_at - 1)
-                        line.last = resume_at - 1
-                    await self._flush(room, line)
+                                         "replica", room, cursor.seq + 1,
+                                         min(cursor.waiting) - 1)
+                        await self._write(room, cursor.skip())
                 wait = min(wait * 2, 1.0)
         finally:
             line.filler = None
 
-    def _take(self, line: Line, messages: list[dict]) -> None:
+    def _take(self, cursor: Cursor, messages: list[dict]) -> list[dict]:
+        """Feed messages read from history; return those now ready."""
+        ready = []
         for message in messages:
-            if message["epoch"] == line.epoch and message["seq"] > line.last \
-                    and message["seq"] not in line.pending:
-                line.pending[message["seq"]] = message
+            if message["epoch"] == cursor.epoch and not cursor.has(message):
                 self.metrics.recovered.inc()
+                ready.extend(cursor.feed(message))
+        return ready
 
     # -- the safety net -----------------------------------------------------
     async def catch_up(self) -> None:
@@ -164,27 +162,26 @@ class Sequencer:
             line = self.lines[room]
             if not line.lock.locked():
                 del self.lines[room]
-        rooms = [room for room, line in self.lines.items() if line.epoch is not None]
+        rooms = [room for room, line in self.lines.items() if line.cursor.epoch is not None]
         if not rooms:
             return
         heads = await self.history.heads(rooms)
         for room, (epoch, head) in heads.items():
             line = self.lines.get(room)
-            if line is None or line.epoch is None:
+            if line is None or line.cursor.epoch is None:
                 continue
             async with line.lock:
-                if epoch != line.epoch:
-                    self.log.warning("history of room %r was reset (epoch %s -> %s)",
-                                     room, line.epoch, epoch)
+                cursor = line.cursor
+                if epoch != cursor.epoch:
+                    self._warn_reset(room, cursor.epoch, epoch)
                     line.restart(epoch, 0)
                     line.seen_head = head
                 behind = min(line.seen_head, head)
                 line.seen_head = head
-                if line.last >= behind:
+                if cursor.seq >= behind:
                     continue
-                found = await self.history.between(room, line.last, behind + 1)
-                self._take(line, found)
-                await self._flush(room, line)
+                found = await self.history.between(room, cursor.seq, behind + 1)
+                await self._write(room, self._take(cursor, found))
 
     async def run(self) -> None:
         """Catch up forever (a task of the replica's lifetime)."""

@@ -59,6 +59,7 @@ from .settings import Settings
 
 LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
 NOT_SENT = "not sent: the chat's storage (Redis) does not answer; try again"
+TOO_MANY = "rate limit: too many requests, slow down"
 NO_HISTORY = "history unavailable: the chat's storage (Redis) does not answer"
 CLIENT_EVENTS = frozenset({"message", "join", "typing", "history", "presence"})
 
@@ -117,7 +118,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         # cannot be used to flood the replica or its log.
         client = self.clients.get(sid)
         if client is not None and not client.messages.take():
-            return refusal("rate limit: too many requests, slow down")
+            return refusal(TOO_MANY)
         self.log.debug("unknown event %.40r from %s", event, sid)
         return refusal(f"unknown event {str(event)[:40]!r}")
 
@@ -241,7 +242,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         client = self.clients[sid]
         try:
             if not client.messages.take():
-                raise ProtocolError("rate limit: too many requests, slow down")
+                raise ProtocolError(TOO_MANY)
             room = room_of(payload)
             resume = parse_resume(payload.get("resume")) if isinstance(payload, dict) else None
         except ProtocolError as exc:
@@ -260,7 +261,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         client = self.clients[sid]
         try:
             if not client.messages.take():
-                raise ProtocolError("rate limit: too many requests, slow down")
+                raise ProtocolError(TOO_MANY)
             after = history_after(payload)
         except ProtocolError as exc:
             return refusal(str(exc))
@@ -277,7 +278,7 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_presence(self, sid, payload):
         client = self.clients[sid]
         if not client.messages.take():
-            return refusal("rate limit: too many requests, slow down")
+            return refusal(TOO_MANY)
         people, online = await self.presence.members(client.room)
         return {"ok": True, "room": client.room, "presence": people, "count": online}
 

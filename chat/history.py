@@ -86,6 +86,70 @@ def resume_gap(piece: Slice, epoch: str | None, after: int) -> str | None:
     return None
 
 
+class Cursor:
+    """Where a reader stands in a room's numbered history, and what to do
+    with each message that arrives (pure bookkeeping, no I/O).
+
+    Both ends read this way: a replica for each room it has members in
+    (``chat/delivery.py``), and each client session (``chat/session.py``;
+    the page does the same in ``web/app.js``).  ``feed`` returns the
+    messages to hand on now, in order: duplicates (a number already handed
+    on) are dropped, and a message ahead of a hole waits in ``waiting`` until
+    :meth:`skip` or the missing numbers arrive.  A message of another epoch
+    starts the numbering again.
+    """
+
+    def __init__(self):
+        self.epoch: str | None = None
+        self.seq = 0
+        self.waiting: dict[int, dict] = {}
+
+    def resume(self) -> dict | None:
+        """The ``resume`` field for the next connection, if there is a position."""
+        return {"epoch": self.epoch, "seq": self.seq} if self.epoch else None
+
+    def restart(self, epoch: str | None, seq: int) -> None:
+        self.epoch, self.seq = epoch, seq
+        self.waiting.clear()
+
+    def feed(self, message: dict) -> list[dict]:
+        seq, epoch = message.get("seq"), message.get("epoch")
+        if not isinstance(seq, int):
+            return [message]  # not numbered (a very old server): just show it
+        if self.epoch is None:
+            self.restart(epoch, seq - 1)
+        elif epoch != self.epoch:
+            self.restart(epoch, 0)
+        if seq <= self.seq or seq in self.waiting:
+            return []
+        self.waiting[seq] = message
+        return self._ready()
+
+    def has(self, message: dict) -> bool:
+        """``message`` was handed on already, or is waiting."""
+        seq = message.get("seq")
+        return message.get("epoch") == self.epoch and isinstance(seq, int) and (
+            seq <= self.seq or seq in self.waiting)
+
+    def skip(self) -> list[dict]:
+        """Give up on the hole before the first waiting message."""
+        if self.waiting:
+            self.seq = min(self.waiting) - 1
+        return self._ready()
+
+    def _ready(self) -> list[dict]:
+        out = []
+        while (message := self.waiting.pop(self.seq + 1, None)) is not None:
+            self.seq += 1
+            out.append(message)
+        return out
+
+    @property
+    def behind(self) -> bool:
+        """A message is waiting for an earlier one that has not arrived."""
+        return bool(self.waiting)
+
+
 class MemoryHistory:
     """History for the single node without Redis (``mode`` memory)."""
 
@@ -143,7 +207,7 @@ class RedisHistory:
                 args=[new_epoch(), self.length, jsonio.dumps(message), IDLE_EXPIRY_MS])
         except (OSError, RedisError) as exc:
             raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
-        return {**message, "seq": int(seq), "epoch": _text(epoch)}
+        return {**message, "seq": int(seq), "epoch": as_text(epoch)}
 
     async def _read(self, room: str, command) -> Slice:
         """Run one stream read in a transaction with the room's meta data,
@@ -159,7 +223,7 @@ class RedisHistory:
                 _, _, (epoch, seq), *rest = await pipe.execute()
         except (OSError, RedisError) as exc:
             raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
-        epoch = _text(epoch)
+        epoch = as_text(epoch)
         entries = rest[0] if rest else []
         return Slice(epoch, int(seq or 0), [_entry(e, epoch) for e in entries])
 
@@ -187,7 +251,7 @@ class RedisHistory:
                 epoch, entries = await pipe.execute()
         except (OSError, RedisError) as exc:
             raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
-        epoch = _text(epoch)
+        epoch = as_text(epoch)
         return [_entry(e, epoch) for e in entries]
 
     async def heads(self, rooms) -> dict[str, tuple[str, int]]:
@@ -202,20 +266,21 @@ class RedisHistory:
                 answers = await pipe.execute()
         except (OSError, RedisError) as exc:
             raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
-        return {room: (_text(epoch), int(seq or 0))
+        return {room: (as_text(epoch), int(seq or 0))
                 for room, (epoch, seq) in zip(rooms, answers, strict=True) if epoch}
 
     async def close(self) -> None:
         await self.redis.aclose()
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A Redis reply (bytes) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _entry(entry, epoch: str) -> dict:
     entry_id, fields = entry
     message = jsonio.loads(fields[b"m"])
-    message["seq"] = int(_text(entry_id).partition("-")[0])
+    message["seq"] = int(as_text(entry_id).partition("-")[0])
     message["epoch"] = epoch
     return message

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError
 
 from . import jsonio
+from .history import as_text
 
 BATCH = 0.25  # seconds of changes per room gathered into one presence event
 # The most entries a welcome or a presence answer lists.  Every member of a
@@ -79,10 +80,6 @@ class MemoryStore:
             del members[entry]
         return gone
 
-    async def close(self) -> None:
-        return None
-
-
 class RedisStore:
     def __init__(self, client, *, prefix: str, ttl: float):
         self.redis = client
@@ -110,18 +107,12 @@ class RedisStore:
                 pipe.zrangebyscore(key, since, "+inf", start=0, num=limit)
             pipe.zcount(key, since, "+inf")
             *entries, count = await pipe.execute()
-        return [_text(e) for e in (entries[0] if entries else [])], int(count)
+        return [as_text(e) for e in (entries[0] if entries else [])], int(count)
 
     async def expire(self, room: str, now: float) -> list[str]:
-        return [_text(e) for e in await self._expire(keys=[self._key(room)],
+        return [as_text(e) for e in await self._expire(keys=[self._key(room)],
                                                      args=[now * 1000])]
 
-    async def close(self) -> None:
-        return None  # the connection pool is the history's (app.create_stores)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def entry(pid: str, name: str) -> str:

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import socketio
 
+from .history import Cursor
+
 DEFAULT_URL = "http://localhost:8080"
 # Reconnect quickly: a replica that dies is replaced behind NGINX within
 # seconds, and a listener should not miss more of the room than it must.
@@ -108,60 +110,6 @@ async def diagnose(http: aiohttp.ClientSession, url: str,
         return f"{url} answers but refused the WebSocket connection" + (
             f" ({hint})" if hint else "")
     return f"{url} answers but the Socket.IO handshake failed"
-
-
-class Cursor:
-    """Where a client stands in its room's numbered history, and what to do
-    with each message that arrives (pure bookkeeping, no I/O).
-
-    ``feed`` returns the messages to show now, in order: duplicates (a
-    number already shown) are dropped, and a message ahead of a hole waits in
-    ``waiting`` until :meth:`skip` or the missing numbers arrive.
-    """
-
-    def __init__(self):
-        self.epoch: str | None = None
-        self.seq = 0
-        self.waiting: dict[int, dict] = {}
-
-    def resume(self) -> dict | None:
-        """The ``resume`` field for the next connection, if there is a position."""
-        return {"epoch": self.epoch, "seq": self.seq} if self.epoch else None
-
-    def restart(self, epoch: str | None, seq: int) -> None:
-        self.epoch, self.seq = epoch, seq
-        self.waiting.clear()
-
-    def feed(self, message: dict) -> list[dict]:
-        seq, epoch = message.get("seq"), message.get("epoch")
-        if not isinstance(seq, int):
-            return [message]  # not numbered (a very old server): just show it
-        if self.epoch is None:
-            self.restart(epoch, seq - 1)
-        elif epoch != self.epoch:
-            self.restart(epoch, 0)
-        if seq <= self.seq or seq in self.waiting:
-            return []
-        self.waiting[seq] = message
-        return self._ready()
-
-    def skip(self) -> list[dict]:
-        """Give up on the hole before the first waiting message."""
-        if self.waiting:
-            self.seq = min(self.waiting) - 1
-        return self._ready()
-
-    def _ready(self) -> list[dict]:
-        out = []
-        while (message := self.waiting.pop(self.seq + 1, None)) is not None:
-            self.seq += 1
-            out.append(message)
-        return out
-
-    @property
-    def behind(self) -> bool:
-        """A message is waiting for an earlier one that has not arrived."""
-        return bool(self.waiting)
 
 
 # -- one session --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Numbered messages are shown once each and in order: the pure logic.
 
-The replica's :class:`~chat.delivery.Sequencer` and the client's
-:class:`~chat.session.Cursor` run here against the in-process history, with
+The replica's :class:`~chat.delivery.Sequencer` and the
+:class:`~chat.history.Cursor` both ends read with run here against the in-process history, with
 no server; ``test_history.py`` checks the same promises through real
 replicas, Redis and failures.
 """
@@ -15,9 +15,8 @@ import pytest
 
 from chat import delivery
 from chat.delivery import Sequencer
-from chat.history import MemoryHistory, Slice, resume_gap
+from chat.history import Cursor, MemoryHistory, Slice, resume_gap
 from chat.metrics import Metrics
-from chat.session import Cursor
 
 
 def msg(seq: int, epoch: str = "e1") -> dict:
