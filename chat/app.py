@@ -14,6 +14,8 @@ import logging
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import jsonio
 from .backplane import create_manager
@@ -147,8 +149,13 @@ def create_stores(settings: Settings):
     (one connection pool for both), else in this process."""
     if settings.mode == "memory":
         return MemoryHistory(settings.history_length), MemoryStore()
-    client = aioredis.Redis.from_url(
-        settings.redis_url, **redis_options(client_name(settings.server_id) + ":store"))
+    options = redis_options(client_name(settings.server_id) + ":store")
+    # No second attempt of a command on a fresh connection: a command that
+    # failed on an open connection may have run, and an append run twice is
+    # told apart only by its id.  A failure to connect means nothing was
+    # sent, which is what lets a sender be told "not sent" (history.py).
+    options["retry"] = Retry(NoBackoff(), 0)
+    client = aioredis.Redis.from_url(settings.redis_url, **options)
     return (RedisHistory(client, prefix=settings.redis_channel,
                          length=settings.history_length),
             RedisStore(client, prefix=settings.redis_channel, ttl=settings.presence_ttl))

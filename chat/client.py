@@ -4,7 +4,7 @@ Three ways to use it::
 
     chat-client --name alice send hello everyone     # one message, exit 0 once acknowledged
     chat-client --name bob --room ops listen [--json]  # print the room until Ctrl-C
-    chat-client --name carol [chat]                  # type lines; /join ROOM, /quit
+    chat-client --name carol [chat]                  # type lines; /join ROOM, /who, /help, /quit
 
 Each connection adds a random ``sticky`` key to the URL, which NGINX hashes
 to choose a replica (see :mod:`chat.session`).  The key is kept across
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import sys
 import threading
@@ -37,12 +38,13 @@ import aiohttp
 import socketio
 
 from .session import (
-    DEFAULT_URL,
     RECONNECT_DELAY,
     RECONNECT_DELAY_MAX,
+    URL_HELP,
     ClientError,
     Session,
     ack_error,
+    default_url,
     http_url,
     printable,
     stderr_notes,
@@ -50,6 +52,9 @@ from .session import (
 
 DEFAULT_ROOM = "general"
 DEFAULT_TIMEOUT = 10.0
+COMMANDS = ("/join ROOM: move to ROOM; /who: who is online here; /quit: leave; "
+            "//text: send a line that starts with /")
+UNKNOWN_RETRY_AFTER = 0.5  # seconds before a message answered "unknown" is sent again
 
 note = stderr_notes("chat-client")
 
@@ -92,15 +97,19 @@ class Connection(Session):
         self.seen_ids: deque[str] = deque(maxlen=256)
         self.last_sent: str | None = None
         self.arrived = asyncio.Event()
+        self.lost = False
         self.sio.on("presence", self._on_presence)
 
     def on_welcome(self, previous):
-        if previous is not None:
+        # A welcome also follows a /join, on the same connection.
+        if previous is not None and self.lost:
             change = f" (was {previous})" if self.server != previous else ""
             note(f"reconnected to {self.server}{change}")
+        self.lost = False
         self.gone.clear()
 
     def on_lost(self, reason):
+        self.lost = True
         if not self.server:
             return
         if reason == self.sio.reason.SERVER_DISCONNECT or not self.sio.reconnection:
@@ -114,7 +123,9 @@ class Connection(Session):
         self.seen_ids.append(event.get("id"))
         self.arrived.set()
         if self.show:
-            self.show("message", event)
+            # History (what the room said before we came) is marked apart
+            # from live messages.
+            self.show("message", {**event, "history": True} if self.replaying else event)
 
     def on_gap(self, reason):
         note(f"gap in [{self.room}]: {reason}")
@@ -149,6 +160,24 @@ class Connection(Session):
             raise ClientError("not connected (reconnecting); try again") from None
         except socketio.exceptions.TimeoutError:
             raise ClientError(f"no answer from {self.server} within {timeout:g} s") from None
+
+    async def say(self, text: str, timeout: float):
+        """Send a message to the room and return its acknowledgement.
+
+        The message carries an id of our own, so when the server answers
+        "unknown" (its storage did not answer in time) it is sent again,
+        with the same id, until the answer is definite or time runs out:
+        the server stores it at most once whatever happened to the first.
+        """
+        message = {"text": text, "id": secrets.token_hex(12)}
+        deadline = time.monotonic() + timeout
+        while True:
+            ack = await self.request("message", message, max(0.1, deadline - time.monotonic()))
+            if not (isinstance(ack, dict) and ack.get("unknown")):
+                return ack
+            if time.monotonic() + UNKNOWN_RETRY_AFTER >= deadline:
+                return ack
+            await asyncio.sleep(UNKNOWN_RETRY_AFTER)
 
     async def settle(self, timeout: float = 2.0) -> None:
         """Wait (a little) until the room has relayed our last message back.
@@ -191,12 +220,13 @@ async def send(args) -> int:
     try:
         async with asyncio.timeout(args.timeout):
             async with connected(args) as conn:
-                ack = await conn.request("message", {"text": text}, args.timeout)
+                ack = await conn.say(text, args.timeout)
     except TimeoutError:
         raise ClientError(f"no answer from {args.url} within {args.timeout:g} s") from None
     error = ack_error(ack)
     if error:
         raise ClientError(f"message not accepted: {error}")
+    print(f"sent to [{args.room}] as message {ack.get('seq')}", flush=True)
     return 0
 
 
@@ -211,7 +241,7 @@ async def chat(args) -> int:
     lines = stdin_lines()
     async with connected(args, reconnect=True, show=printer(args.json)) as conn:
         note(f"in [{conn.room}] on {conn.server} as {conn.name}; "
-             "/join ROOM to move, /quit to leave")
+             "/help for commands")
         keeper = asyncio.ensure_future(conn.stay_connected())
         try:
             while (line := await lines.get()) is not None and line.strip() != "/quit":
@@ -237,10 +267,20 @@ async def handle_line(conn: Connection, line: str, timeout: float) -> None:
             if not error:
                 conn.room = ack.get("room", room)
                 note(f"now in [{conn.room}]")
+        elif line == "/who":
+            ack = await conn.request("presence", {}, timeout)
+            error = ack_error(ack)
+            if not error:
+                names = sorted({printable(p.get("name", "?")) for p in ack["presence"]})
+                more = ack["count"] - len(ack["presence"])
+                note(f"[{conn.room}] {ack['count']} online: {', '.join(names)}"
+                     + (f" and {more} more" if more > 0 else ""))
+        elif line == "/help":
+            note(COMMANDS)
         elif line.startswith("/") and not line.startswith("//"):
-            error = f"unknown command {line.split()[0]!r} (try /join ROOM or /quit)"
+            error = f"unknown command {line.split()[0]!r} (/help lists them)"
         else:
-            ack = await conn.request("message", {"text": line.removeprefix("/")}, timeout)
+            ack = await conn.say(line.removeprefix("/"), timeout)
             error = ack_error(ack)
             if not error:
                 conn.last_sent = ack.get("id")
@@ -278,8 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-client", description=__doc__.splitlines()[0],
         epilog="Without a command, chat interactively.")
-    parser.add_argument("--url", type=http_url, default=DEFAULT_URL,
-                        help=f"the chat's address (default {DEFAULT_URL}, the cluster's NGINX)")
+    parser.add_argument("--url", type=http_url, default=None, help=URL_HELP)
     parser.add_argument("--name", required=True, help="your name, 1 to 32 characters")
     parser.add_argument("--room", default=DEFAULT_ROOM, help=f"room (default {DEFAULT_ROOM})")
     parser.add_argument("--polling", action="store_true",
@@ -291,8 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     send_parser = commands.add_parser("send", help="send one message and exit")
     send_parser.add_argument("text", nargs="+", help="the message")
-    commands.add_parser("listen", help="print the room's messages until interrupted")
-    commands.add_parser("chat", help="read lines from stdin and send them (the default)")
+    listen_parser = commands.add_parser(
+        "listen", help="print the room's messages until interrupted")
+    chat_parser = commands.add_parser(
+        "chat", help="read lines from stdin and send them (the default)")
+    for sub in (listen_parser, chat_parser):  # --json after the command, too
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="print room events as JSON lines")
     return parser
 
 
@@ -319,10 +363,16 @@ async def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.command = args.command or "chat"
     if args.timeout <= 0:
-        build_parser().error("--timeout must be positive")
+        parser.error("--timeout must be positive")
+    if args.url is None:
+        try:
+            args.url = default_url()
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"CHAT_URL: {exc}")
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:  # before the loop's own handler was in place

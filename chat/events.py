@@ -42,7 +42,8 @@ import socketio
 
 from .backplane import BackplaneUnavailable
 from .delivery import Sequencer
-from .history import HistoryUnavailable, resume_gap
+from .history import HistoryRefused, HistoryUnavailable, HistoryUncertain, resume_gap
+from .logs import Throttle
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import (
@@ -51,14 +52,18 @@ from .protocol import (
     chat_message,
     clean_text,
     history_after,
+    message_id,
     parse_auth,
     parse_resume,
     room_of,
+    typing_flag,
 )
 from .settings import Settings
 
 LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
 NOT_SENT = "not sent: the chat's storage (Redis) does not answer; try again"
+UNKNOWN = ("unknown: the chat's storage (Redis) did not answer in time, so the message "
+           "may or may not be stored; sending it again with the same id is safe")
 TOO_MANY = "rate limit: too many requests, slow down"
 NO_HISTORY = "history unavailable: the chat's storage (Redis) does not answer"
 CLIENT_EVENTS = frozenset({"message", "join", "typing", "history", "presence"})
@@ -88,6 +93,11 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.sequencer = sequencer
         self.presence = presence
         self.clients: dict[str, Client] = {}
+        # Storage failures concern every sender at once: a line per
+        # failure would be a line per chat message during an outage.
+        self.storage_log = logger.getChild("storage")
+        if not any(isinstance(f, Throttle) for f in self.storage_log.filters):
+            self.storage_log.addFilter(Throttle(interval=5.0))
 
     async def trigger_event(self, event, *args):
         """Route an event, refusing names the protocol does not define.
@@ -216,19 +226,34 @@ class ChatNamespace(socketio.AsyncNamespace):
             if not client.messages.take():
                 raise ProtocolError("rate limit: too many messages, slow down")
             text = clean_text(payload, self.settings.max_message_length)
+            mid = message_id(payload)
         except ProtocolError as exc:
             self.metrics.rejected.inc()
             return refusal(str(exc))
         message = chat_message(room=client.room, name=client.name, text=text,
-                               server=self.settings.server_id)
+                               server=self.settings.server_id, id=mid)
         try:
             message = await self.history.append(client.room, message)
-        except HistoryUnavailable:
+        except HistoryUnavailable as exc:
             # Not stored means not numbered: nobody gets it, and the sender
             # is told so and may send it again.
             self.metrics.rejected.inc()
             self.metrics.history_failures.inc()
+            if isinstance(exc, HistoryRefused):
+                self.storage_log.warning("history: Redis refused a message: %s", exc)
+                return refusal(f"not sent: {exc}", id=message["id"])
             return refusal(NOT_SENT, id=message["id"])
+        except HistoryUncertain as exc:
+            # Redis may run it yet (a stall): then the other replicas read it
+            # from the history, and the sender's retry with the same id
+            # finds it there instead of storing it twice.
+            self.metrics.history_failures.inc()
+            self.storage_log.warning("history: no answer storing a message: %s", exc)
+            return refusal(UNKNOWN, id=message["id"], unknown=True)
+        if message.pop("duplicate", False):
+            # A retry of a message stored before: answer as the first time;
+            # it was relayed then, or the replicas' catch-up reads it.
+            return {"ok": True, "id": message["id"], "seq": message["seq"], "duplicate": True}
         self.metrics.accepted.inc()
         await self.presence.flush(client.room)  # "ana joined" before ana's words
         # If the relay fails the message is still stored, so not lost: the
@@ -286,7 +311,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         client = self.clients[sid]
         if not client.typing.take():
             return refusal("rate limit: too many typing events")
-        typing = bool(payload.get("typing", True)) if isinstance(payload, dict) else True
+        try:
+            typing = typing_flag(payload)
+        except ProtocolError as exc:
+            return refusal(str(exc))
         event = {"name": client.name, "room": client.room, "typing": typing}
         try:
             await self.emit("typing", event, room=client.room, skip_sid=sid)

@@ -21,9 +21,28 @@ Redis stay apart)::
 
     C:room:R:meta   hash   epoch, seq
     C:room:R:log    stream <seq>-0 -> {m: message JSON without seq/epoch}
+    C:room:R:ids    zset   message id -> seq, for the messages the log holds
 
-Both expire after ``IDLE_EXPIRY`` without a message, so abandoned rooms do
-not stay in Redis forever.
+All three expire after ``IDLE_EXPIRY`` without a message, so abandoned rooms
+do not stay in Redis forever.
+
+**A message id is an idempotency key.**  A client names each message
+(``id``); storing a message whose id the room already holds stores nothing
+and answers with the number the first copy got (``duplicate``).  So when an
+answer is lost (Redis stalled past the client timeout, then ran the script
+anyway; a connection broke after the command was written) the sender is
+told "unknown" (:class:`HistoryUncertain`) and may send the same message
+again without it appearing twice.  The ids are kept as long as their
+messages are: for the room's last ``HISTORY_LENGTH`` messages.
+
+How an append can fail, and what the sender can be told:
+
+* :class:`HistoryRefused`: Redis answered "no" (out of memory, read-only
+  replica, no permission); the script had not written anything;
+* :class:`HistoryUnavailable`: no connection could be made, so no command
+  was sent (the client that stores makes no second attempt on its own, see
+  ``create_stores`` in ``app.py``);
+* :class:`HistoryUncertain`: the command was sent and no answer came back.
 
 Readers (the welcome, a resume, a replica filling a gap) get messages with
 ``seq`` and ``epoch`` added back.  ``MemoryHistory`` keeps the same promises
@@ -37,24 +56,46 @@ import dataclasses
 import secrets
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis import exceptions as rx
+from redis.exceptions import RedisError, ResponseError
 
 from . import jsonio
 
 IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
 
+# KEYS: meta, log, ids.  ARGV: a new epoch, length, message JSON, expiry
+# (ms), message id.  Returns {seq, epoch, 1 if the id was stored before}.
+# Reads first, so that a refusal (out of memory: Redis checks at the first
+# write) comes before anything is written.
 APPEND = """
+local first = redis.call('ZSCORE', KEYS[3], ARGV[5])
+if first then
+  return {tonumber(first), redis.call('HGET', KEYS[1], 'epoch'), 1}
+end
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[3])
+redis.call('ZADD', KEYS[3], seq, ARGV[5])
+if seq > tonumber(ARGV[2]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', seq - tonumber(ARGV[2]))
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {seq, redis.call('HGET', KEYS[1], 'epoch')}
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return {seq, redis.call('HGET', KEYS[1], 'epoch'), 0}
 """
 
 
 class HistoryUnavailable(RuntimeError):
-    """Redis did not answer: the message could not be stored (or read)."""
+    """Redis could not be reached: nothing was stored (or read)."""
+
+
+class HistoryRefused(HistoryUnavailable):
+    """Redis answered, and refused to store the message (out of memory...)."""
+
+
+class HistoryUncertain(RuntimeError):
+    """The append was sent and no answer came: it may or may not be stored."""
 
 
 @dataclasses.dataclass
@@ -160,10 +201,14 @@ class MemoryHistory:
         self._seqs: dict[str, int] = {}
 
     async def append(self, room: str, message: dict) -> dict:
+        log = self._logs.setdefault(room, collections.deque(maxlen=self.length))
+        first = next((m for m in log if m["id"] == message["id"]), None)
+        if first is not None:
+            return {**message, "seq": first["seq"], "epoch": self.epoch, "duplicate": True}
         seq = self._seqs.get(room, 0) + 1
         self._seqs[room] = seq
         stored = {**message, "seq": seq, "epoch": self.epoch}
-        self._logs.setdefault(room, collections.deque(maxlen=self.length)).append(stored)
+        log.append(stored)
         return stored
 
     async def tail(self, room: str, count: int) -> Slice:
@@ -200,14 +245,25 @@ class RedisHistory:
         return f"{base}:meta", f"{base}:log"
 
     async def append(self, room: str, message: dict) -> dict:
+        """Store ``message`` (which has an ``id``) and return it numbered;
+        ``duplicate: True`` when its id was stored before (nothing stored)."""
         meta, log = self._keys(room)
+        ids = f"{self.prefix}:room:{room}:ids"
         try:
-            seq, epoch = await self._append(
-                keys=[meta, log],
-                args=[new_epoch(), self.length, jsonio.dumps(message), IDLE_EXPIRY_MS])
+            seq, epoch, before = await self._append(
+                keys=[meta, log, ids],
+                args=[new_epoch(), self.length, jsonio.dumps(message), IDLE_EXPIRY_MS,
+                      message["id"]])
+        except ResponseError as exc:  # Redis answered: nothing was written
+            raise HistoryRefused(refusal_reason(exc)) from None
         except (OSError, RedisError) as exc:
-            raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
-        return {**message, "seq": int(seq), "epoch": as_text(epoch)}
+            if never_connected(exc):
+                raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
+            raise HistoryUncertain(f"no answer from Redis ({exc})") from None
+        stored = {**message, "seq": int(seq), "epoch": as_text(epoch)}
+        if before:
+            stored["duplicate"] = True
+        return stored
 
     async def _read(self, room: str, command) -> Slice:
         """Run one stream read in a transaction with the room's meta data,
@@ -271,6 +327,25 @@ class RedisHistory:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def never_connected(exc: BaseException) -> bool:
+    """The error came from opening a connection, so no command was sent.
+
+    redis-py words connection failures "Error <errno> connecting to <host>"
+    and "Timeout connecting to server"; a failure on an open connection
+    (reading, writing) is worded otherwise and may follow a sent command.
+    """
+    return isinstance(exc, rx.ConnectionError | rx.TimeoutError) and "connecting to" in str(exc)
+
+
+def refusal_reason(exc: ResponseError) -> str:
+    """Redis's refusal, in words for the sender and the log."""
+    if isinstance(exc, rx.OutOfMemoryError):
+        return "Redis is out of memory (maxmemory reached)"
+    if isinstance(exc, rx.ReadOnlyError):
+        return "Redis is a read-only replica"
+    return f"Redis refused it ({str(exc)[:120]})"
 
 
 def as_text(value) -> str:

@@ -9,6 +9,7 @@ show to its user.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -16,6 +17,9 @@ DEFAULT_ROOM = "general"
 MAX_NAME_LENGTH = 32
 MAX_ROOM_LENGTH = 32
 MAX_EPOCH_LENGTH = 32
+MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+# C0 controls but tab, line feed and carriage return; DEL; C1 controls.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class ProtocolError(ValueError):
@@ -92,13 +96,36 @@ def clean_text(payload, max_length: int) -> str:
         raise ProtocolError("message text is empty")
     if len(text) > max_length:
         raise ProtocolError(f"message text is longer than {max_length} characters")
+    if CONTROL.search(text):
+        raise ProtocolError("message text must not contain control characters "
+                            "(line breaks and tabs are fine)")
     return text
+
+
+def typing_flag(payload) -> bool:
+    """Return the flag of a ``typing`` event: ``{"typing": true|false}``."""
+    value = payload.get("typing") if isinstance(payload, dict) else None
+    if not isinstance(value, bool):
+        raise ProtocolError('typing needs {"typing": true} or {"typing": false}')
+    return value
+
+
+def message_id(payload) -> str:
+    """The id a client gave its message, or a new one.
+
+    The id is the message's idempotency key (``history.py``): a client that
+    got no definite answer sends the message again with the same id, and it
+    is stored once.  A client that sends none cannot retry safely."""
+    value = payload.get("id") if isinstance(payload, dict) else None
+    if value is None:
+        return uuid.uuid4().hex
+    if not isinstance(value, str) or not MESSAGE_ID.fullmatch(value):
+        raise ProtocolError("message id must be 8 to 64 letters, digits, '-' or '_'")
+    return value
 
 
 def room_of(payload) -> str:
     """Return the room named by a ``join`` event's payload."""
-    if isinstance(payload, str):
-        return clean_room(payload)
     if not isinstance(payload, dict) or "room" not in payload:
         raise ProtocolError('join needs {"room": "..."}')
     return clean_room(payload["room"])
@@ -108,9 +135,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def chat_message(*, room: str, name: str, text: str, server: str) -> dict:
+def chat_message(*, room: str, name: str, text: str, server: str, id: str) -> dict:
     return {
-        "id": uuid.uuid4().hex,
+        "id": id,
         "room": room,
         "name": name,
         "text": text,

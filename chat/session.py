@@ -12,7 +12,8 @@ Each command subclasses it to say what a welcome, a message and a lost
 connection mean to it.
 
 The end holds what the three commands share on the command line: the
-default ``--url``, its check, notes on stderr and usage errors.
+default ``--url`` (:func:`default_url`), its check, notes on stderr and usage
+errors.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -33,6 +36,10 @@ import socketio
 from .history import Cursor
 
 DEFAULT_URL = "http://localhost:8080"
+# Where ``make up`` (chat-cluster) records the local cluster it runs.
+CLUSTER_STATE = Path(__file__).resolve().parent.parent / ".run" / "cluster.json"
+URL_HELP = ("the chat's address (default: $CHAT_URL, else the local cluster `make up` "
+            f"runs, else {DEFAULT_URL})")
 # Reconnect quickly: a replica that dies is replaced behind NGINX within
 # seconds, and a listener should not miss more of the room than it must.
 RECONNECT_DELAY = 0.5
@@ -145,6 +152,7 @@ class Session:
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("message", self._on_message)
         self.cursor = Cursor()
+        self.replaying = False
         self._repairing: asyncio.Future | None = None
 
     def on_welcome(self, previous: str | None) -> None:
@@ -180,8 +188,12 @@ class Session:
         if welcome.get("gap"):
             self.on_gap(str(welcome["gap"]))
         self.on_welcome(previous)
-        for message in history:
-            self._show(self.cursor.feed(message))
+        self.replaying = True  # on_message: these come from the history
+        try:
+            for message in history:
+                self._show(self.cursor.feed(message))
+        finally:
+            self.replaying = False
         if isinstance(welcome.get("seq"), int) and welcome.get("epoch") == self.cursor.epoch:
             self.cursor.seq = max(self.cursor.seq, welcome["seq"])
         self.welcomed.set()
@@ -273,11 +285,29 @@ class Session:
 # -- the command line ---------------------------------------------------------
 
 def http_url(value: str) -> str:
-    """The type of a ``--url`` argument."""
+    """The type of a ``--url`` argument: the chat's root, nothing more
+    (Socket.IO's path is fixed, so a path would be silently ignored)."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, not {value!r}")
-    return value
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            f"expected the chat's root URL such as {DEFAULT_URL}, without a path or query, "
+            f"not {value!r}")
+    return value.rstrip("/")
+
+
+def default_url(env=None) -> str:
+    """``$CHAT_URL``; else the URL of the cluster ``make up`` runs here; else
+    localhost:8080."""
+    env = os.environ if env is None else env
+    if env.get("CHAT_URL"):
+        return http_url(env["CHAT_URL"])
+    try:
+        port = int(json.loads(CLUSTER_STATE.read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_URL
+    return f"http://localhost:{port}"
 
 
 def stderr_notes(prog: str) -> Callable[[str], None]:

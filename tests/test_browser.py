@@ -296,7 +296,7 @@ def test_name_prompt_remembers_the_name_and_shows_refusals(open_chat):
     chat = open_chat(None)
     form = chat.page.locator("#name-form")
     expect(form).to_be_visible()
-    expect(chat.state).to_have_text("offline")
+    expect(chat.state).to_have_text("not joined")  # not an alarm before joining
 
     chat.page.get_by_label("Your name", exact=True).fill("bell\u0007")
     form.get_by_role("button", name="Join").click()

@@ -11,8 +11,10 @@ from chat.protocol import (
     chat_message,
     clean_text,
     history_after,
+    message_id,
     parse_auth,
     room_of,
+    typing_flag,
 )
 
 
@@ -65,16 +67,20 @@ def test_text_is_trimmed_and_bounded():
 
 def test_join_payload():
     assert room_of({"room": "b"}) == "b"
-    assert room_of("b") == "b"
-    for payload in ({}, None, 3, {"room": ""}):
+    for payload in ({}, None, 3, {"room": ""}, "b"):
         with pytest.raises(ProtocolError):
             room_of(payload)
 
 
-def test_messages_have_unique_ids():
-    a = chat_message(room="r", name="n", text="t", server="s")
-    b = chat_message(room="r", name="n", text="t", server="s")
-    assert a["id"] != b["id"]
+def test_message_ids_come_from_the_client_or_are_new():
+    assert message_id({"text": "t", "id": "abc-DEF_1234"}) == "abc-DEF_1234"
+    assert message_id({"text": "t"}) != message_id({"text": "t"})
+    assert len(message_id({"text": "t"})) == 32
+    for bad in ("short", "x" * 65, "has space1", "naïve-id-1", 12345678, ["abcdefgh"], ""):
+        with pytest.raises(ProtocolError, match="message id"):
+            message_id({"text": "t", "id": bad})
+    a = chat_message(room="r", name="n", text="t", server="s", id="abcdefgh")
+    assert a["id"] == "abcdefgh"
     assert set(a) == {"id", "room", "name", "text", "server", "ts"}
 
 
@@ -84,3 +90,19 @@ def test_token_bucket_allows_burst_then_rate():
     assert [bucket.take(start) for _ in range(4)] == [True, True, True, False]
     assert bucket.take(start + 0.5)  # one token back after 1/rate s
     assert not bucket.take(start + 0.5)
+
+
+def test_typing_takes_a_boolean_only():
+    assert typing_flag({"typing": True}) is True
+    assert typing_flag({"typing": False}) is False
+    for payload in ({"typing": "yes"}, {"typing": None}, {"typing": 1}, {}, None, "x",
+                    {"typing": {}}):
+        with pytest.raises(ProtocolError, match="typing needs"):
+            typing_flag(payload)
+
+
+def test_message_text_refuses_control_characters_but_keeps_line_breaks():
+    assert clean_text({"text": "two\nlines\twith a tab\r\n"}, 100) == "two\nlines\twith a tab"
+    for bad in ("nul\x00here", "bell\x07", "esc\x1b[31m", "del\x7f here", "c1\x85 inside"):
+        with pytest.raises(ProtocolError, match="control characters"):
+            clean_text({"text": bad}, 100)

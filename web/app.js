@@ -8,10 +8,12 @@
 // * `welcome` says which replica took the connection: the badge shows it, in
 //   a colour derived from its id.  After a replica dies the client reconnects
 //   on its own, lands on another replica, and a new `welcome` updates the badge.
-// * A message is shown at once as "sending".  Its ack either names the id the
-//   server gave it or carries an error, shown next to the message.  The server
-//   relays every message to the whole room, sender included: the echo with
-//   the same id marks the message "sent" and says which replica relayed it.
+// * A message is shown at once as "sending", under an id the page chose.  The
+//   server relays every message to the whole room, sender included: the echo
+//   with that id marks the message "sent" and says which replica relayed it.
+//   An ack with an error is shown next to the message with a "retry" that
+//   sends it again under the same id, which the server stores at most once
+//   (so a retry after "unknown" or a timeout cannot make a duplicate).
 // * Every message carries its room's sequence number (`seq`, with the
 //   room's `epoch`).  `welcome` brings the room's recent history; on a
 //   reconnection the page sends the last number it saw (`auth.resume`) and
@@ -72,8 +74,6 @@
     room: load(sessionStorage, STORAGE.room) || DEFAULT_ROOM,
     server: null,
     byId: new Map(), // message id -> its <li>
-    unacked: new Set(), // <li>s of our messages awaiting their ack
-    earlyEchoes: new Map(), // message id -> an echo that came before its ack
     typers: new Map(), // name -> timer that hides their "is typing"
     typing: { active: false, sentAt: 0, idleTimer: 0 },
     // Where this tab stands in the room's numbered history.
@@ -131,7 +131,7 @@
   // ---- connection
 
   function setConnection(state, detail = "") {
-    ui.state.textContent = state;
+    ui.state.textContent = state === "idle" ? "not joined" : state;
     ui.state.dataset.state = state;
     ui.detail.textContent = detail;
     ui.reconnect.hidden = state !== "offline" || !chat.name;
@@ -468,8 +468,6 @@
     ui.roomInput.value = room;
     ui.messages.replaceChildren();
     chat.byId.clear();
-    chat.unacked.clear();
-    chat.earlyEchoes.clear();
     restartCursor(null, 0);
     chat.people.clear();
     chat.peopleTotal = 0;
@@ -513,16 +511,16 @@
     } else if (state === "failed") {
       const reason = document.createElement("span");
       reason.className = "error";
-      reason.textContent = `not sent: ${error}`;
+      reason.textContent = error;
       status.append(reason);
       const retry = document.createElement("button");
       retry.type = "button";
       retry.className = "link retry";
       retry.textContent = "retry";
       retry.addEventListener("click", () => {
-        if (li.dataset.id) chat.byId.delete(li.dataset.id);
+        chat.byId.delete(li.dataset.id);
         li.remove();
-        send(li.querySelector(".text").textContent);
+        send(li.querySelector(".text").textContent, li.dataset.id);
       });
       status.append(" ", retry);
     }
@@ -561,72 +559,44 @@
     append(li);
   }
 
-  function send(text) {
+  function newMessageId() {
+    const bytes = crypto.getRandomValues(new Uint8Array(12));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function send(text, id = newMessageId()) {
     const li = buildMessage({ name: chat.name, text, ts: Date.now() });
     li.classList.add("mine");
+    li.dataset.id = id;
+    chat.byId.set(id, li); // its echo finds it by id, even before the ack
     setStatus(li, "sending");
     append(li);
     const socket = chat.socket;
     if (!socket || !socket.connected) {
       // Not buffered for later: the user decides whether to retry.
-      setStatus(li, "failed", "not connected");
+      setStatus(li, "failed", "not sent: not connected");
       return;
     }
-    chat.unacked.add(li);
-    socket.timeout(ACK_TIMEOUT_MS).emit("message", { text }, (err, ack) => {
-      chat.unacked.delete(li);
-      // A message that went with the room we left needs no news.
-      if (li.isConnected && err) {
+    socket.timeout(ACK_TIMEOUT_MS).emit("message", { text, id }, (err, ack) => {
+      // A message that went with the room we left, or that its echo already
+      // showed as sent, needs no news.
+      if (!li.isConnected || li.dataset.state === "sent") return;
+      if (err) {
         const timedOut = /timed out/.test(err.message);
-        setStatus(li, "failed", timedOut ? "no answer from the server" : err.message);
-      } else if (li.isConnected) {
-        settle(li, ack || {});
+        setStatus(li, "failed", timedOut ? "no answer from the server (retry is safe)"
+          : `not sent: ${err.message}`);
+      } else if (!ack || !ack.ok) {
+        // "unknown: …" and "not sent: …" say so already; refusals say why.
+        const error = (ack && ack.error) || "refused by the server";
+        setStatus(li, "failed", /^(not sent|unknown)\b/.test(error) ? error : `not sent: ${error}`);
       }
-      releaseEarlyEchoes();
     });
-  }
-
-  // The ack names the message's id.  Its echo may come before the ack (the
-  // room's delivery and the ack travel separately): such an echo is held
-  // back, not shown twice, until the ack says whether it is ours.
-  function settle(li, ack) {
-    if (ack.id) {
-      li.dataset.id = ack.id;
-      chat.byId.set(ack.id, li);
-      const echo = chat.earlyEchoes.get(ack.id);
-      if (echo) {
-        chat.earlyEchoes.delete(ack.id);
-        showEcho(li, echo);
-      }
-    }
-    if (!ack.ok) {
-      setStatus(li, "failed", ack.error || "refused by the server");
-    }
-  }
-
-  function mayBeMine(message) {
-    if (message.name !== chat.name) return false;
-    for (const li of chat.unacked) {
-      if (li.querySelector(".text").textContent === message.text) return true;
-    }
-    return false;
-  }
-
-  // Echoes held back for a message of ours that turned out to be another
-  // tab's (same name, same text): shown once no ack can claim them.
-  function releaseEarlyEchoes() {
-    for (const [id, message] of chat.earlyEchoes) {
-      if (!mayBeMine(message)) {
-        chat.earlyEchoes.delete(id);
-        onMessage(message);
-      }
-    }
   }
 
   function showEcho(li, message) {
     fillTime(li.querySelector(".time"), message.ts);
     setServer(li, message.server);
-    if (li.dataset.state !== "failed") setStatus(li, "sent");
+    setStatus(li, "sent"); // the echo proves it was stored, whatever the ack said
   }
 
   function onMessage(message) {
@@ -635,10 +605,6 @@
     const known = chat.byId.get(message.id);
     if (known) {
       showEcho(known, message);
-      return;
-    }
-    if (mayBeMine(message)) {
-      chat.earlyEchoes.set(message.id, message);
       return;
     }
     const li = buildMessage(message);
@@ -734,7 +700,7 @@
     setConnection("offline", "the Socket.IO client failed to load");
     return;
   }
-  setConnection("offline");
+  setConnection("idle"); // not an error: nobody asked to connect yet
   if (chat.name) {
     showChat();
     connect();
