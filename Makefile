@@ -13,7 +13,11 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 BENCH_ARGS ?=
+# Where make bench writes (untracked); BENCH_OUT=docs/benchmarks.json
+# refreshes the figures the docs show.
+BENCH_OUT ?= bench/results/benchmarks.json
 RUN_PORT ?= 8000
+R ?=
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,7 +27,7 @@ DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
 COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
 CLUSTER := $(BIN)/chat-cluster
 
-.PHONY: install run up down scale ps logs test test-fast lint screenshot bench bench-chart chaos clean
+.PHONY: install run up down scale ps logs monitor test test-fast lint screenshot bench bench-chart chaos clean
 
 install: $(STAMP) $(BUNDLE)
 
@@ -59,7 +63,9 @@ scale:
 ps:
 	$(COMPOSE) ps
 logs:
-	$(COMPOSE) logs -f
+	$(COMPOSE) logs -f $(R)
+monitor:
+	$(COMPOSE) exec redis redis-cli monitor
 else
 up: install
 	$(CLUSTER) up --replicas $(N) --mode $(MODE) --port $(PORT) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
@@ -70,7 +76,9 @@ scale: install
 ps: install
 	$(CLUSTER) ps
 logs: install
-	$(CLUSTER) logs -f
+	$(CLUSTER) logs -f $(R)
+monitor: install
+	$(CLUSTER) monitor
 endif
 
 # The whole suite: real Redis, NGINX, replicas and Chromium.
@@ -94,16 +102,22 @@ screenshot: install
 NODE_REFERENCE := bench/node/node_modules/.package-lock.json
 
 bench: install $(NODE_REFERENCE)
-	$(BIN)/python -m chat.sweep $(BENCH_ARGS)
+	$(BIN)/python -m chat.sweep --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(MAKE) bench-chart
 
 $(NODE_REFERENCE): bench/node/package.json bench/node/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm"; exit 1; }
 	npm ci --prefix bench/node --no-audit --no-fund
 
-bench-chart: install
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python -m chat.sweep --chart docs/benchmarks.png --baseline docs/benchmarks-baseline.json
+	@touch $@
+
+bench-chart: install $(BENCH_STAMP)
+	$(BIN)/python -m chat.sweep --out $(BENCH_OUT) --chart $(basename $(BENCH_OUT)).png \
+		--baseline docs/benchmarks-baseline.json
 
 # Steady load through NGINX while Redis and then a replica are killed; prints
 # sent / delivered / lost / duplicated per phase (docs/reliability.md).

@@ -71,16 +71,18 @@ from .load import (
     until_quiet,
 )
 from .session import (
-    DEFAULT_URL,
+    URL_HELP,
     ClientError,
     Session,
     Unreachable,
     ack_error,
     check_arguments,
+    default_url,
     diagnose,
     http_url,
     stderr_notes,
 )
+from .settings import Settings
 from .wire import LeanSession
 
 # How long deliveries must pause, after the last send, before a worker
@@ -91,6 +93,7 @@ QUIET = 0.5
 CONNECT_CONCURRENCY = 32
 
 note = stderr_notes("chat-bench")
+SERVER_RATE = Settings.message_rate  # a replica's default per-connection limit
 
 
 # -- the plan -------------------------------------------------------------------
@@ -258,7 +261,7 @@ def build_report(plan: Plan, tally: Tally, window: float, wall: float,
         "urls": list(plan.urls),
         "clients": plan.clients,
         "rooms": plan.rooms,
-        "members_per_room": [min(members), max(members)],
+        "members_per_room": {"min": min(members), "max": max(members)},
         "senders": plan.senders,
         "rate_per_sender": plan.rate,
         "warmup_s": plan.warmup,
@@ -293,7 +296,7 @@ def figure(value, spec: str, unit: str = "") -> str:
 
 
 def format_report(r: dict) -> str:
-    lo, hi = r["members_per_room"]
+    lo, hi = r["members_per_room"]["min"], r["members_per_room"]["max"]
     members = f"{lo}" if lo == hi else f"{lo}-{hi}"
     lat, ack = r["latency_ms"], r["ack_ms"]
     replicas = ", ".join(f"{name} {n}" for name, n in r["replicas"].items()) or "-"
@@ -519,7 +522,8 @@ class Worker:
 
     def send_progress(self) -> None:
         t = self.tally
-        snapshot = {"sent": t.sent + t.sent_warmup, "acked": t.acks_ok + t.acks_warmup,
+        # Measured messages, as the summary counts them; the warm-up apart.
+        snapshot = {"warm-up": t.sent_warmup, "sent": t.sent, "acked": t.acks_ok,
                     "errors": sum(t.ack_errors.values()), "delivered": t.received,
                     "disconnects": t.disconnects}
         self.channel.put(("progress", self.index, snapshot))
@@ -655,7 +659,7 @@ class Conductor:
         if final:
             phase = "done"
         line = f"chat-bench {elapsed:5.1f}s {phase:<9} " + " ".join(
-            f"{key} {total[key]}" for key in ("sent", "acked", "errors", "delivered",
+            f"{key} {total[key]}" for key in ("warm-up", "sent", "acked", "errors", "delivered",
                                               "disconnects"))
         tty = sys.stderr.isatty()
         end = "\n" if final or not tty else ""
@@ -675,19 +679,28 @@ class Conductor:
 
 # -- command line ------------------------------------------------------------------
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show (not None or off)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-bench", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     parser.add_argument("--url", action="append", type=http_url,
-                        help=f"server URL; repeat to spread clients over several "
-                             f"(default {DEFAULT_URL})")
+                        help=URL_HELP + "; repeat to spread clients over several")
     parser.add_argument("--clients", type=int, default=100, help="connections to open")
     parser.add_argument("--rooms", type=int, default=1, help="rooms, clients spread evenly")
     parser.add_argument("--senders", type=int, default=10,
                         help="how many of the clients send")
     parser.add_argument("--rate", type=float, default=1.0,
-                        help="messages per second per sender (the server allows 10)")
+                        help=f"messages per second per sender (the server allows "
+                             f"{SERVER_RATE:g} by default: MESSAGE_RATE)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of sending before measuring")
@@ -717,7 +730,14 @@ def plan_from(args, parser: argparse.ArgumentParser) -> Plan:
         (args.warmup < 0 or args.drain < 0, "--warmup and --drain cannot be negative"),
         (args.connect_timeout <= 0, "--connect-timeout must be positive"),
     ])
-    return Plan(urls=tuple(args.url or [DEFAULT_URL]), clients=args.clients,
+    if args.rate > SERVER_RATE:
+        note(f"--rate {args.rate:g} is above the {SERVER_RATE:g} messages/s a server allows "
+             "each connection by default (MESSAGE_RATE): expect refused messages")
+    try:
+        urls = tuple(args.url or [default_url()])
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"CHAT_URL: {exc}")
+    return Plan(urls=urls, clients=args.clients,
                 rooms=args.rooms, senders=args.senders, rate=args.rate,
                 duration=args.duration, warmup=args.warmup, processes=args.processes,
                 run_id=secrets.token_hex(3), drain=args.drain,

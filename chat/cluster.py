@@ -97,6 +97,13 @@ def upstream_lines(ports: list[int]) -> str:
         f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in ports)
 
 
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (NGINX would bind it)."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -350,9 +357,15 @@ class LocalCluster:
         """
         if self.running():
             raise ClusterError(
-                f"a cluster is already running from {self.state_dir} (chat-cluster down first)")
+                f"a cluster is already running from {self.state_dir} "
+                "(make down, or chat-cluster down, first)")
         if replicas < 1:
             raise ClusterError("replicas must be at least 1")
+        if proxy and not port_free(port):
+            # Another program (another cluster's NGINX, say) would answer
+            # our health check, and ours would die on "address in use".
+            raise ClusterError(f"port {port} is taken by another program "
+                               "(stop it, or choose another: make up PORT=...)")
         if mode == "memory" and replicas != 1:
             raise ClusterError("memory mode runs exactly one replica (no Redis to join them)")
         nginx = find_binary("nginx") if proxy else None
@@ -376,11 +389,13 @@ class LocalCluster:
             self.down()
             raise
 
-    def scale(self, replicas: int) -> None:
+    def scale(self, replicas: int) -> list[str]:
+        """Run ``replicas`` replicas; return the names of dead ones restarted."""
         if not self.running() or not self.nginx_pid:
-            raise ClusterError("no cluster is running (chat-cluster up first)")
+            raise ClusterError("no cluster is running (make up first)")
         if replicas < 1:
             raise ClusterError("replicas must be at least 1")
+        revived = self.revive(self.replicas[:replicas])
         current = len(self.replicas)
         if replicas > current:
             self._add_replicas(replicas - current)
@@ -392,6 +407,17 @@ class LocalCluster:
             self._reload_nginx()
             self._save()
             stop_pids([replica.pid for replica in leaving])
+        return revived
+
+    def revive(self, replicas: list[Replica]) -> list[str]:
+        """Start again those of ``replicas`` whose process has died."""
+        dead = [r for r in replicas if not alive(r.pid)]
+        for replica in dead:
+            self.start_replica(replica)
+            self._save()
+        for replica in dead:
+            self.wait_replica(replica)
+        return [r.server_id for r in dead]
 
     def down(self) -> None:
         # NGINX first (no new traffic; SIGTERM is its fast shutdown, which
@@ -406,6 +432,13 @@ class LocalCluster:
             self.redis = None
         if self.state_file.exists():
             self.state_file.unlink()
+
+    def forget(self) -> None:
+        """Remove what ``up`` wrote under the state folder (logs included)."""
+        for folder in (self.logs, self.state_dir / "nginx"):
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()  # only if nothing else is in it
 
     # -- redis ----------------------------------------------------------
     def stop_redis(self) -> None:
@@ -584,6 +617,8 @@ def main(argv=None) -> int:
     sub.add_parser("ps", help="show what runs")
     logs = sub.add_parser("logs", help="show the logs")
     logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("name", nargs="?", help="one process: replica-2, nginx, redis...")
+    sub.add_parser("monitor", help="every command Redis runs, as it runs it (redis-cli monitor)")
     args = parser.parse_args(argv)
 
     cluster = LocalCluster(Path(args.state_dir))
@@ -594,22 +629,34 @@ def main(argv=None) -> int:
                   f"({len(cluster.replicas)} replicas, mode {cluster.mode})")
             _print_status(cluster)
         elif args.command == "scale":
-            cluster.scale(args.replicas)
+            revived = cluster.scale(args.replicas)
+            if revived:
+                print(f"restarted {', '.join(revived)} (had stopped)")
             print(f"scaled to {len(cluster.replicas)} replicas")
             _print_status(cluster)
         elif args.command == "down":
             cluster.down()
+            cluster.forget()
             print("chat is down")
+        elif args.command == "monitor":
+            if not cluster.redis:
+                raise ClusterError("this cluster runs no Redis of its own "
+                                   "(none, or an external REDIS_URL)")
+            redis_cli = find_binary("redis-cli")
+            os.execvp(redis_cli, [redis_cli, "-p", str(cluster.redis.port), "monitor"])
         elif args.command == "ps":
             if not cluster.state_file.exists():
                 print("no cluster is running")
                 return 0
             _print_status(cluster)
         elif args.command == "logs":
-            files = sorted(str(p) for p in cluster.logs.glob("*.log"))
+            pattern = f"{args.name}.log" if args.name else "*.log"
+            files = sorted(str(p) for p in cluster.logs.glob(pattern))
             if not files:
-                print("no logs yet")
-                return 0
+                known = sorted(p.stem for p in cluster.logs.glob("*.log"))
+                print(f"no log for {args.name} (there are: {', '.join(known)})" if known
+                      and args.name else "no logs yet")
+                return 1 if args.name and known else 0
             tail = ["tail", "-n", "40"] + (["-F"] if args.follow else []) + files
             os.execvp("tail", tail)
     except ClusterError as exc:

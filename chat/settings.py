@@ -12,7 +12,9 @@ and exit with status 2 instead of showing a traceback.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,8 @@ from urllib.parse import urlsplit
 MODES = ("socketio", "pubsub")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+REDIS_DATABASES = 16  # Redis's default number of databases (0-15)
+HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class SettingsError(ValueError):
@@ -106,8 +110,38 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
         )
     if parts.scheme != "unix" and not parts.hostname:
         raise SettingsError(f"REDIS_URL={raw!r} is not valid: it names no host")
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if db and not (db.isdigit() and int(db) < REDIS_DATABASES):
+        raise SettingsError(f"REDIS_URL={raw!r} is not valid: the database after the last / "
+                            f"must be a number from 0 to {REDIS_DATABASES - 1}")
     del port
     return raw
+
+
+def _host(env: Mapping[str, str]) -> str:
+    raw = env.get("HOST", "").strip() or Settings.host
+    try:
+        ipaddress.ip_address(raw)
+        return raw
+    except ValueError:
+        pass
+    labels = raw.rstrip(".").split(".")
+    if (len(raw) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):  # 999.1.1.1 is no address and no name
+        raise SettingsError(f"HOST={raw!r} is not valid: expected an IP address such as "
+                            "127.0.0.1 or 0.0.0.0, or a host name")
+    return raw
+
+
+def _web_dir(env: Mapping[str, str]) -> Path:
+    raw = env.get("WEB_DIR", "").strip()
+    if not raw:
+        return DEFAULT_WEB_DIR
+    path = Path(raw)
+    if not (path / "index.html").is_file():
+        raise SettingsError(f"WEB_DIR={raw!r} is not valid: expected a folder holding the "
+                            "page (index.html)")
+    return path
 
 
 def _mode(env: Mapping[str, str]) -> str:
@@ -164,8 +198,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     d = Settings(server_id="")  # the defaults, written once: in the dataclass
     settings = Settings(
-        host=_text(env, "HOST", d.host),
-        port=_number(env, "PORT", d.port, minimum=0),
+        host=_host(env),
+        port=_number(env, "PORT", d.port, minimum=1),
         redis_url=_redis_url(env),
         redis_mode=_mode(env),
         redis_channel=_text(env, "REDIS_CHANNEL", d.redis_channel),
@@ -181,10 +215,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
         ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),
-        web_dir=Path(_text(env, "WEB_DIR", str(d.web_dir))),
+        web_dir=_web_dir(env),
     )
     if settings.port > 65535:
-        raise SettingsError(f"PORT={settings.port} is not valid: expected 0 to 65535")
+        raise SettingsError(f"PORT={settings.port} is not valid: expected 1 to 65535")
     if settings.max_message_length * 4 + 256 > settings.max_frame_bytes:
         raise SettingsError(
             f"MAX_FRAME_BYTES={settings.max_frame_bytes} is not valid: it must hold a "

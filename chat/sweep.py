@@ -41,6 +41,8 @@ TOPOLOGIES = {
     "node": {"replicas": 3, "mode": "socketio"},
 }
 NODE_SERVER = ROOT / "bench" / "node" / "server.js"
+# Untracked: a quick sweep must not overwrite the figures the docs show.
+DEFAULT_OUT = ROOT / "bench" / "results" / "benchmarks.json"
 DEFAULT_RATES = (2000, 5000, 10000, 15000, 20000, 30000, 40000)  # deliveries/s
 P99_LIMIT_MS = 100.0
 BENCH_ENV = {"MESSAGE_RATE": "100000", "MESSAGE_BURST": "100000"}
@@ -84,12 +86,13 @@ def summarize(report: dict) -> dict:
 class NodeCluster(LocalCluster):
     """The local cluster with Node's socket.io in place of each replica.
 
-    Needs ``npm ci --prefix bench/node`` (``make bench`` does it)."""
+    Installs its packages (``npm ci --prefix bench/node``) the first time."""
 
     def start_replica(self, replica) -> None:
         if not (NODE_SERVER.parent / "node_modules").is_dir():
-            raise RuntimeError("bench/node/node_modules is missing: run "
-                               "`npm ci --prefix bench/node`")
+            print("sweep: installing bench/node's packages (npm ci)", file=sys.stderr)
+            subprocess.run(["npm", "ci", "--prefix", str(NODE_SERVER.parent), "--no-audit",
+                            "--no-fund", "--loglevel=error"], check=True)
         env = {**self.replica_env(replica), "PORT": str(replica.port)}
         replica.pid = spawn(["node", str(NODE_SERVER)],
                             self.logs / f"{replica.server_id}.log", env)
@@ -232,7 +235,9 @@ def main(argv=None) -> int:
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="results file, extended by each run (default: %(default)s; "
+                             "docs/benchmarks.json is the one the docs show)")
     parser.add_argument("--chart", type=Path, help="only draw the chart from --out")
     parser.add_argument("--baseline", type=Path,
                         help="with --chart: also draw this earlier results file, dashed")
@@ -251,6 +256,7 @@ def main(argv=None) -> int:
         print(table(json.loads(args.out.read_text())))
         return 0
     rates = [int(r) for r in args.rates.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     results = sweep(args.topology or list(TOPOLOGIES), rates, args.clients, args.senders,
                     args.duration, args.processes, args.out)
     print(table(results))

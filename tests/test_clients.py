@@ -8,6 +8,7 @@ stopped by PID in the fixture's teardown, whatever the test did.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import secrets
@@ -52,9 +53,9 @@ def one_line(stderr: str) -> str:
 class Listener:
     """``chat-client listen`` in the background, its output read line by line."""
 
-    def __init__(self, url: str, name: str, *argv: str):
+    def __init__(self, url: str, name: str, *argv: str, after: tuple[str, ...] = ()):
         self.proc = subprocess.Popen(
-            [*CLIENT, "--url", url, "--name", name, *argv, "listen"],
+            [*CLIENT, "--url", url, "--name", name, *argv, "listen", *after],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()
@@ -111,8 +112,8 @@ def listen():
     """Return ``start(url, name, *flags)``; every listener is stopped at teardown."""
     started: list[Listener] = []
 
-    def start(url: str, name: str, *argv: str) -> Listener:
-        listener = Listener(url, name, *argv)
+    def start(url: str, name: str, *argv: str, after: tuple[str, ...] = ()) -> Listener:
+        listener = Listener(url, name, *argv, after=after)
         started.append(listener)
         return listener
 
@@ -142,6 +143,7 @@ def test_send_exits_zero_once_acknowledged(chat_cluster):
     result = client(chat_cluster.url, "alice", "send", "hello", "everyone")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+    assert re.fullmatch(r"sent to \[general\] as message \d+\n", result.stdout), result.stdout
 
 
 def test_send_over_long_polling(chat_cluster):
@@ -210,6 +212,19 @@ def test_listen_prints_what_the_room_says(chat_cluster, listen):
     assert "Traceback" not in "".join(as_json.all_err + as_text.all_err)
 
 
+def test_listen_marks_history_apart_and_takes_json_after_the_command(chat_cluster, listen):
+    room = unique("archive").replace(" ", "-")
+    before, after = unique("said before"), unique("said after")
+    assert client(chat_cluster.url, "w", "--room", room, "send", before).returncode == 0
+    listener = listen(chat_cluster.url, "late", "--room", room, after=("--json",))
+    listener.ready()
+    assert client(chat_cluster.url, "w", "--room", room, "send", after).returncode == 0
+    old = json.loads(listener.wait_for(listener.out, lambda line: before in line))
+    new = json.loads(listener.wait_for(listener.out, lambda line: after in line))
+    assert old["history"] is True
+    assert "history" not in new
+
+
 def test_listen_only_hears_its_room(chat_cluster, listen):
     listener = listen(chat_cluster.url, "roomie", "--room", "attic", "--json")
     listener.ready()
@@ -222,7 +237,7 @@ def test_listen_only_hears_its_room(chat_cluster, listen):
 
 def test_chat_reads_lines_from_a_pipe(chat_cluster):
     first, second = unique("first"), unique("second")
-    typed = f"{first}\n/join lounge\n{second}\n/bogus\n/quit\nnever sent\n"
+    typed = f"{first}\n/join lounge\n{second}\n/who\n/help\n/bogus\n/quit\nnever sent\n"
     result = client(chat_cluster.url, "typist", stdin=typed)
     assert result.returncode == 0, result.stderr
     lines = [LINE.match(line) for line in result.stdout.splitlines()]
@@ -231,7 +246,10 @@ def test_chat_reads_lines_from_a_pipe(chat_cluster):
     assert ("lounge", second) in said
     assert not any("never sent" in text for _, text in said)
     assert "now in [lounge]" in result.stderr
-    assert "unknown command '/bogus'" in result.stderr
+    assert "reconnected" not in result.stderr  # a /join is not a reconnection
+    assert re.search(r"\[lounge\] \d+ online: .*typist", result.stderr), result.stderr
+    assert "/who: who is online here" in result.stderr
+    assert "unknown command '/bogus' (/help lists them)" in result.stderr
 
 
 def test_listen_reconnects_to_another_replica(cluster_factory, listen):
@@ -282,7 +300,7 @@ def test_bench_spreads_over_replica_urls_with_two_processes(chat_cluster):
                       "--processes", "2")
     names = [r.server_id for r in chat_cluster.replicas[:2]]
     assert report["replicas"] == {names[0]: 6, names[1]: 6}
-    assert report["members_per_room"] == [6, 6]
+    assert report["members_per_room"] == {"min": 6, "max": 6}
     assert report["delivery_ratio"] == 1.0
     assert report["cpu_measuring_pct"] is not None
 
@@ -295,3 +313,38 @@ def test_bench_against_nothing_is_one_clear_line():
     line = one_line(result.stderr)
     assert line == (f"chat-bench: 3 of 3 clients could not connect, "
                     f"e.g. cannot reach {url}: connection refused")
+
+
+def test_clients_find_the_cluster_and_refuse_a_url_with_a_path(tmp_path, monkeypatch):
+    import argparse
+
+    from chat import session
+
+    state = tmp_path / "cluster.json"
+    monkeypatch.setattr(session, "CLUSTER_STATE", state)
+    assert session.default_url({}) == "http://localhost:8080"
+    state.write_text(json.dumps({"port": 9123}))
+    assert session.default_url({}) == "http://localhost:9123"
+    assert session.default_url({"CHAT_URL": "http://chat.example:81/"}) == (
+        "http://chat.example:81")
+    for bad in ("http://localhost:8080/chat", "http://localhost:8080/?room=x", "ftp://x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            session.http_url(bad)
+    refused = run([*CLIENT, "--url", "http://localhost:8080/chat", "--name", "a", "send", "x"])
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].endswith(
+        "without a path or query, not 'http://localhost:8080/chat'")
+    bad_env = subprocess.run([*CLIENT, "--name", "a", "send", "x"], capture_output=True,
+                             text=True, timeout=30,
+                             env={**os.environ, "CHAT_URL": "localhost"})
+    assert bad_env.returncode == 2 and "CHAT_URL: expected an http://" in bad_env.stderr
+
+
+def test_bench_says_when_its_rate_is_above_the_servers_limit():
+    result = run([*BENCH, "--rate", "20", "--url", "http://127.0.0.1:9", "--clients", "1",
+                  "--senders", "1", "--connect-timeout", "2"])
+    assert result.returncode == 1
+    assert ("chat-bench: --rate 20 is above the 10 messages/s a server allows each "
+            "connection by default (MESSAGE_RATE): expect refused messages") in result.stderr
+    helped = run([*BENCH, "--help"]).stdout
+    assert "(default: None)" not in helped and "(default: False)" not in helped

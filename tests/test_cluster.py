@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 
 import pytest
+import socketio
 
 from chat.cluster import NGINX_TEMPLATE, ROOT, LocalCluster, Replica, alive, free_port
 
@@ -93,17 +94,42 @@ def test_cli_up_ps_scale_down_leaves_nothing_behind(tmp_path):
 
         again = cli("up", "--port", str(free_port()))
         assert again.returncode == 1 and "already running" in again.stderr
+        assert "make down" in again.stderr
+        # Another program on the port (here: this cluster's NGINX, seen from
+        # a second state folder) is named, and nothing is started.
+        other = subprocess.run([sys.executable, "-m", "chat.cluster", "--state-dir",
+                                str(tmp_path / "other"), "up", "--port", str(port)],
+                               capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert other.returncode == 1
+        assert other.stderr.strip() == (f"chat-cluster: port {port} is taken by another "
+                                        "program (stop it, or choose another: make up PORT=...)")
+        assert not (tmp_path / "other" / "cluster.json").exists()
+
+        # A replica that died is started again by scale, even to the same size.
+        cluster.kill_replica("replica-2")
+        revived = cli("scale", "3")
+        assert revived.returncode == 0, revived.stderr
+        assert "restarted replica-2 (had stopped)" in revived.stdout
+        assert revived.stdout.count(" ready") == 3
+        pids.append(LocalCluster(state).replica("replica-2").pid)
 
         scaled = cli("scale", "4")
         assert scaled.returncode == 0 and "replica-4" in scaled.stdout
         pids.append(LocalCluster(state).replica("replica-4").pid)
         ports.append(LocalCluster(state).replica("replica-4").port)
 
+        one = cli("logs", "replica-4")
+        assert one.returncode == 0 and "replica replica-4 up" in one.stdout
+        assert "replica-1" not in one.stdout
+        unknown = cli("logs", "replica-9")
+        assert unknown.returncode == 1 and "no log for replica-9" in unknown.stdout
+
         down = cli("down")
         assert down.returncode == 0
         assert not [pid for pid in pids if alive(pid)]
         assert not [p for p in ports if listening(p)]
         assert "no cluster is running" in cli("ps").stdout
+        assert not state.exists()  # nothing left behind: logs, pids, nginx.conf
     finally:
         LocalCluster(state).down()
 
@@ -156,3 +182,33 @@ def test_compose_keeps_redis_private_and_scales_the_server():
     assert services["server"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["nginx"]["depends_on"]["server"]["condition"] == "service_healthy"
     assert services["nginx"]["ports"] == ["${CHAT_PORT:-8080}:8080"]
+
+
+async def test_clients_without_a_sticky_key_are_spread_and_polling_stays_put(shared_clusters):
+    """The official client as a Node app sends no ``sticky`` key: its
+    WebSocket-only connections are spread anyway, and a long-polling
+    session without a key stays on one replica (its address's)."""
+    cluster = shared_clusters(replicas=3, mode="pubsub")
+    servers: list[str] = []
+
+    async def one(name: str, transports: list[str]) -> socketio.AsyncClient:
+        client = socketio.AsyncClient(reconnection=False)
+        welcomed = asyncio.get_running_loop().create_future()
+        client.on("welcome", lambda data: welcomed.done() or welcomed.set_result(data))
+        await client.connect(cluster.url, auth={"name": name}, transports=transports,
+                             wait_timeout=10)
+        servers.append((await asyncio.wait_for(welcomed, 10))["server"])
+        return client
+
+    plain = [await one(f"plain{i}", ["websocket"]) for i in range(30)]
+    spread = Counter(servers)
+    # 30 keys hashed at random onto 3 replicas leave none empty unless the
+    # hash ignores them (before: all 30 on one replica).
+    assert len(spread) == 3, spread
+    servers.clear()
+    poller = await one("poller", ["polling"])
+    answers = [await poller.call("presence", {}, timeout=5) for _ in range(20)]
+    assert all(a["ok"] for a in answers)
+    assert poller.connected and poller.transport() == "polling"
+    for client in [*plain, poller]:
+        await client.disconnect()

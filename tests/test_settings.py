@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -52,6 +53,12 @@ def test_cors_origins_parsed():
     ({"MESSAGE_RATE": "nan"}, "MESSAGE_RATE", "number"),
     ({"PORT": "70000"}, "PORT", "65535"),
     ({"PORT": "http"}, "PORT", "whole number"),
+    ({"PORT": "0"}, "PORT", ">= 1"),
+    ({"HOST": "not a host"}, "HOST", "IP address"),
+    ({"HOST": "999.1.1.1"}, "HOST", "IP address"),
+    ({"WEB_DIR": "/nonexistent"}, "WEB_DIR", "index.html"),
+    ({"REDIS_URL": "redis://localhost:6379/99"}, "REDIS_URL", "0 to 15"),
+    ({"REDIS_URL": "redis://localhost:6379/abc"}, "REDIS_URL", "0 to 15"),
     ({"CORS_ORIGINS": "example.com"}, "CORS_ORIGINS", "origins"),
     ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "DEBUG"),
     ({"SERVER_ID": "x" * 65}, "SERVER_ID", "64"),
@@ -83,6 +90,35 @@ def test_python_m_chat_refuses_bad_settings_in_one_line(env, variable):
     assert len(lines) == 1, result.stderr
     assert variable in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("argv", "env", "line"), [
+    (["--port", "99999"], {}, "python -m chat: error: argument --port: expected a port from 1 "
+                              "to 65535, not '99999'"),
+    (["--host", "999.1.1.1"], {}, "chat: HOST='999.1.1.1' is not valid"),
+    (["--host", "10.254.254.1"], {}, "chat: cannot listen on 10.254.254.1:"),
+    ([], {"HOST": "127.0.0.1"}, "chat: cannot listen on 127.0.0.1:{busy}: Address already in use"),
+])
+def test_python_m_chat_refuses_an_address_in_one_line(argv, env, line):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "chat", *argv],
+                                env={**_base_env(), "PORT": str(port), **env},
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(line.format(busy=port)), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "serving on" not in result.stdout
+
+
+def test_python_m_chat_help_works_whatever_the_environment():
+    result = subprocess.run([sys.executable, "-m", "chat", "--help"],
+                            env={**_base_env(), "REDIS_MODE": "bogus", "PORT": "x"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "--port" in result.stdout
 
 
 def test_gunicorn_refuses_bad_settings_in_one_line(tmp_path):

@@ -76,7 +76,7 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
             clients = await asyncio.wait_for(self.redis.client_list(_type="pubsub"), 1.0)
         except ResponseError as exc:
             if "NOPERM" not in str(exc):
-                raise
+                return False, f"Redis refused: {str(exc)[:120]}"
             # An ACL without CLIENT LIST (@admin): count subscribers instead,
             # which cannot tell whether one of them is us.
             numsub = await asyncio.wait_for(self.redis.pubsub_numsub(self.channel), 1.0)
