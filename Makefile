@@ -102,7 +102,7 @@ screenshot: install
 NODE_REFERENCE := bench/node/node_modules/.package-lock.json
 
 bench: install $(NODE_REFERENCE)
-	$(BIN)/python -m chat.sweep --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(BIN)/python -m chat.tools.sweep --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(MAKE) bench-chart
 
 $(NODE_REFERENCE): bench/node/package.json bench/node/package-lock.json
@@ -116,13 +116,13 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 bench-chart: install $(BENCH_STAMP)
-	$(BIN)/python -m chat.sweep --out $(BENCH_OUT) --chart $(basename $(BENCH_OUT)).png \
+	$(BIN)/python -m chat.tools.sweep --out $(BENCH_OUT) --chart $(basename $(BENCH_OUT)).png \
 		--baseline docs/benchmarks-baseline.json
 
 # Steady load through NGINX while Redis and then a replica are killed; prints
 # sent / delivered / lost / duplicated per phase (docs/reliability.md).
 chaos: install
-	$(BIN)/python -m chat.chaos $(CHAOS_ARGS)
+	$(BIN)/python -m chat.tools.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules bench/node/node_modules web/vendor .run test-artifacts .pytest_cache

@@ -48,13 +48,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m chat", description="Run one chat replica in the foreground.",
         epilog="Every other setting comes from the environment (README: Configuration).")
     parser.add_argument("--host", help="address to bind (default: HOST, else 127.0.0.1)")
     parser.add_argument("--port", type=port_number,
                         help="port (default: PORT, else 8000)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)  # --help works whatever the environment holds
     try:
         env = dict(os.environ)

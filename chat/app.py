@@ -18,14 +18,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import jsonio
+from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS, SIO
 from .backplane import create_manager
 from .backplane.base import client_name, redis_options
 from .events import ChatNamespace
 from .history import MemoryHistory, RedisHistory
-from .keys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, SETTINGS, SIO
 from .logs import setup_logging
 from .metrics import Metrics
 from .presence import MemoryStore, Presence, RedisStore
+from .replicas import Registry
 from .routes import setup_routes
 from .server import ChatServer
 from .settings import Settings, load_settings
@@ -60,12 +61,22 @@ def create_app(settings: Settings | None = None) -> web.Application:
                               sequencer=sequencer, presence=presence)
     sio.register_namespace(namespace)
 
+    async def status() -> dict:
+        ready, reason = await manager.ready()
+        return {"mode": settings.mode, "clients": len(namespace.clients), "ready": ready,
+                "reason": reason}
+
+    registry = Registry(getattr(history, "redis", None), key=f"{settings.redis_channel}:replicas",
+                        server_id=settings.server_id, ttl=settings.presence_ttl,
+                        status=status, logger=logger)
+
     app = web.Application(middlewares=[track_connections])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGER] = manager
     app[SIO] = sio
     app[NAMESPACE] = namespace
+    app[REGISTRY] = registry
     app[LOGGER] = logger
     app[CONNECTIONS] = set()
     sio.attach(app)
@@ -116,13 +127,15 @@ async def backplane_lifetime(app: web.Application):
     sio.manager.initialize()
     namespace = app[NAMESPACE]
     loops = [asyncio.ensure_future(namespace.sequencer.run()),
-             asyncio.ensure_future(namespace.presence.run())]
+             asyncio.ensure_future(namespace.presence.run()),
+             asyncio.ensure_future(app[REGISTRY].run())]
     logger.info("replica %s up, backplane %s", settings.server_id, settings.mode)
     yield
     for task in loops:
         task.cancel()
     await asyncio.gather(*loops, return_exceptions=True)
     await namespace.presence.close()  # the drained clients' departures
+    await app[REGISTRY].close()
     await namespace.sequencer.close()
     await sio.shutdown()  # Engine.IO's service task
     await app[MANAGER].close()

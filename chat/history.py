@@ -132,7 +132,7 @@ class Cursor:
     with each message that arrives (pure bookkeeping, no I/O).
 
     Both ends read this way: a replica for each room it has members in
-    (``chat/delivery.py``), and each client session (``chat/session.py``;
+    (``chat/delivery.py``), and each client session (``chat/tools/session.py``;
     the page does the same in ``web/app.js``).  ``feed`` returns the
     messages to hand on now, in order: duplicates (a number already handed
     on) are dropped, and a message ahead of a hole waits in ``waiting`` until

@@ -3,14 +3,15 @@
 ``/healthz`` answers while the process can serve (NGINX and Docker use it to
 decide whether the replica is alive); ``/readyz`` answers 503 while the Redis
 backplane is unusable, so an orchestrator can hold traffic back from a
-replica that could only reach its own clients.
+replica that could only reach its own clients.  ``/replicas`` lists every
+replica of the chat with its health, whichever replica answers.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from .keys import MANAGER, METRICS, NAMESPACE, SETTINGS
+from .appkeys import MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS
 from .metrics import CONTENT_TYPE
 
 
@@ -34,6 +35,11 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
+async def replicas(request: web.Request) -> web.Response:
+    """Every replica of the chat and its health (``chat/replicas.py``)."""
+    return web.json_response({"replicas": await request.app[REGISTRY].list()})
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -52,6 +58,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/replicas", replicas)
     web_dir = app[SETTINGS].web_dir
     if web_dir.is_dir():
         app.router.add_get("/", page)

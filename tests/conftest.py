@@ -1,6 +1,6 @@
 """Fixtures that start real services: redis-server, replicas, NGINX, clients.
 
-Every process is started through ``chat.cluster`` (the code ``make up`` runs)
+Every process is started through ``chat.tools.cluster`` (the code ``make up`` runs)
 and stopped by PID in the fixture's teardown, whatever the test did.
 Nothing here touches the Redis on port 6379.
 """
@@ -13,7 +13,7 @@ import secrets
 import pytest
 import socketio
 
-from chat.cluster import LocalCluster, RedisProcess, free_port
+from chat.tools.cluster import LocalCluster, RedisProcess, free_port
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """chat-bench's pure logic: plan, stamps, schedule, percentiles, merging, report,
-and the frames its lean receivers read (:mod:`chat.wire`).
+and the frames its lean receivers read (:mod:`chat.tools.wire`).
 
 No server and no event loop: these functions decide what the benchmark
 sends and what its numbers mean, so they are checked on their own.
@@ -13,8 +13,9 @@ from collections import Counter
 
 import pytest
 
-from chat import jsonio, wire
-from chat.bench import (
+from chat import jsonio
+from chat.tools import wire
+from chat.tools.bench import (
     Plan,
     Tally,
     build_parser,
@@ -26,7 +27,7 @@ from chat.bench import (
     percentile,
     plan_from,
 )
-from chat.load import Stamp, StampFinder, decode_stamp, encode_stamp, send_times
+from chat.tools.load import Stamp, StampFinder, decode_stamp, encode_stamp, send_times
 
 
 def make_plan(**overrides) -> Plan:
@@ -220,7 +221,7 @@ def test_deliveries_count_latency_and_order_per_sender():
     assert last_seq == {1: 1, 2: 5}
 
 
-# -- frames (chat.wire) ------------------------------------------------------------
+# -- frames (chat.tools.wire) ------------------------------------------------------------
 
 def test_websocket_url_keeps_the_query_and_drops_the_path():
     assert wire.websocket_url("http://127.0.0.1:8080", "k1") == (

@@ -1,4 +1,4 @@
-"""``python -m chat.chaos`` as ``make chaos`` runs it, and its arithmetic.
+"""``python -m chat.tools.chaos`` as ``make chaos`` runs it, and its arithmetic.
 
 The runs are short (``--phase 2``) and check the report's structure and the
 invariants that hold whatever the timing: every phase is there, the baseline
@@ -17,14 +17,14 @@ import time
 
 import pytest
 
-from chat.chaos import NOT_SENT, PHASES, PhaseSpan, Receiver, Sent, summarize
-from chat.cluster import LocalCluster, alive
 from chat.events import NOT_SENT as STORAGE_DOWN
 from chat.events import UNKNOWN
+from chat.tools.chaos import NOT_SENT, PHASES, PhaseSpan, Receiver, Sent, summarize
+from chat.tools.cluster import LocalCluster, alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-CHAOS = [sys.executable, "-m", "chat.chaos"]
+CHAOS = [sys.executable, "-m", "chat.tools.chaos"]
 SHORT = ["--phase", "2", "--clients", "10", "--senders", "2", "--drain", "3"]
 COUNTS = ("sent", "not_sent", "acked_ok", "acked_error", "no_ack", "expected", "delivered",
           "lost", "lost_online", "lost_offline", "lost_silently", "duplicated",
@@ -52,7 +52,7 @@ def run_chaos(argv: list[str], timeout: float = 120) -> tuple[int, str, str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-        pytest.fail(f"chat.chaos did not finish within {timeout:g} s:\n{err}")
+        pytest.fail(f"chat.tools.chaos did not finish within {timeout:g} s:\n{err}")
     return proc.returncode, out, err
 
 

@@ -1,6 +1,6 @@
 """chat-client and chat-bench as a user runs them, against the local cluster.
 
-Both commands run as subprocesses (``python -m chat.client`` / ``chat.bench``)
+Both commands run as subprocesses (``python -m chat.tools.client`` / ``chat.tools.bench``)
 through NGINX or straight at the replicas.  Every listener a test starts is
 stopped by PID in the fixture's teardown, whatever the test did.
 """
@@ -21,12 +21,12 @@ import time
 
 import pytest
 
-from chat.cluster import free_port
+from chat.tools.cluster import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-CLIENT = [sys.executable, "-m", "chat.client"]
-BENCH = [sys.executable, "-m", "chat.bench"]
+CLIENT = [sys.executable, "-m", "chat.tools.client"]
+BENCH = [sys.executable, "-m", "chat.tools.bench"]
 # chat-client's line for a message: [room] HH:MM:SS name@server: text
 LINE = re.compile(r"^\[(?P<room>[^\]]+)\] \d\d:\d\d:\d\d "
                   r"(?P<name>\S+)@(?P<server>\S+): (?P<text>.*)$")
@@ -278,7 +278,7 @@ def bench(*argv: str):
 
 @pytest.mark.parametrize("clients", [[], ["--full-clients"]], ids=["lean", "full"])
 def test_bench_through_nginx_delivers_everything(chat_cluster, clients):
-    # By default the 18 receivers are lean (chat.wire); --full-clients makes
+    # By default the 18 receivers are lean (chat.tools.wire); --full-clients makes
     # them python-socketio clients like the 2 senders.  The figures agree.
     report, progress = bench("--url", chat_cluster.url, "--clients", "20", "--senders", "2",
                              "--rate", "5", "--duration", "3", "--warmup", "1", *clients)
@@ -318,7 +318,7 @@ def test_bench_against_nothing_is_one_clear_line():
 def test_clients_find_the_cluster_and_refuse_a_url_with_a_path(tmp_path, monkeypatch):
     import argparse
 
-    from chat import session
+    from chat.tools import session
 
     state = tmp_path / "cluster.json"
     monkeypatch.setattr(session, "CLUSTER_STATE", state)

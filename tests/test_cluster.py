@@ -1,22 +1,24 @@
 """The cluster through NGINX only: stickiness, spreading, scaling, down.
 
-Everything here runs the local-process topology through ``chat.cluster``,
+Everything here runs the local-process topology through ``chat.tools.cluster``,
 the code behind ``make up`` when there is no Docker engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 
 import pytest
 import socketio
 
-from chat.cluster import NGINX_TEMPLATE, ROOT, LocalCluster, Replica, alive, free_port
+from chat.tools.cluster import NGINX_TEMPLATE, ROOT, LocalCluster, Replica, alive, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -79,8 +81,9 @@ def test_cli_up_ps_scale_down_leaves_nothing_behind(tmp_path):
     port = free_port()
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "chat.cluster", "--state-dir", str(state),
-                               *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        return subprocess.run([sys.executable, "-m", "chat.tools.cluster", "--state-dir",
+                               str(state), *args],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
 
     try:
         up = cli("up", "--replicas", "3", "--port", str(port))
@@ -97,7 +100,7 @@ def test_cli_up_ps_scale_down_leaves_nothing_behind(tmp_path):
         assert "make down" in again.stderr
         # Another program on the port (here: this cluster's NGINX, seen from
         # a second state folder) is named, and nothing is started.
-        other = subprocess.run([sys.executable, "-m", "chat.cluster", "--state-dir",
+        other = subprocess.run([sys.executable, "-m", "chat.tools.cluster", "--state-dir",
                                 str(tmp_path / "other"), "up", "--port", str(port)],
                                capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert other.returncode == 1
@@ -135,11 +138,12 @@ def test_cli_up_ps_scale_down_leaves_nothing_behind(tmp_path):
 
 
 def test_missing_nginx_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    import chat.cluster
+    import chat.tools.cluster
+    import chat.tools.processes
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(chat.cluster, "SBIN_DIRS", ())
-    assert chat.cluster.main(["--state-dir", str(tmp_path / "run"), "up"]) == 1
+    monkeypatch.setattr(chat.tools.processes, "SBIN_DIRS", ())
+    assert chat.tools.cluster.main(["--state-dir", str(tmp_path / "run"), "up"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "chat-cluster: nginx not found: install NGINX (Debian/Ubuntu: apt-get install nginx; "
         "macOS: brew install nginx)"]
@@ -212,3 +216,24 @@ async def test_clients_without_a_sticky_key_are_spread_and_polling_stays_put(sha
     assert poller.connected and poller.transport() == "polling"
     for client in [*plain, poller]:
         await client.disconnect()
+
+
+async def test_replicas_page_shows_every_replica_through_nginx(cluster_factory, connect):
+    cluster = cluster_factory(replicas=3, mode="pubsub", env={"PRESENCE_TTL": "3"})
+    await connect(cluster.replicas[1].url, "counted")
+
+    def replicas() -> list[dict]:
+        with urllib.request.urlopen(f"{cluster.url}/replicas", timeout=5) as response:
+            return json.load(response)["replicas"]
+
+    await asyncio.sleep(1.5)  # every replica has written its entry since the connect
+    listed = await asyncio.to_thread(replicas)
+    assert [r["server"] for r in listed] == ["replica-1", "replica-2", "replica-3"]
+    assert all(r["ready"] and not r["stale"] and r["mode"] == "pubsub" for r in listed)
+    assert [r["clients"] for r in listed] == [0, 1, 0]
+
+    cluster.kill_replica("replica-3")
+    await asyncio.sleep(4.5)  # more than PRESENCE_TTL without its refresh
+    listed = await asyncio.to_thread(replicas)
+    assert {r["server"]: r["stale"] for r in listed} == {
+        "replica-1": False, "replica-2": False, "replica-3": True}

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from chat.cluster import alive, free_port
 from chat.events import NOT_SENT, UNKNOWN
+from chat.tools.cluster import alive, free_port
 
 pytestmark = pytest.mark.slow
 

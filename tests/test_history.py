@@ -2,7 +2,7 @@
 
 Every test runs against real redis-server and replica processes (and NGINX
 where clients must move between replicas).  Readers here are
-:class:`chat.session.Session`, the code chat-client, chat-chaos and
+:class:`chat.tools.session.Session`, the code chat-client, chat-chaos and
 chat-bench connect with: it resumes from the last number it saw and drops
 repeats, and the tests check what it hands on: every number once, in order.
 """
@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import redis
 
-from chat.session import Session
+from chat.tools.session import Session
 
 pytestmark = pytest.mark.slow
 

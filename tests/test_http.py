@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from chat.cluster import ROOT, free_port, http_ok, stop_pid
+from chat.tools.cluster import ROOT, free_port, http_ok, stop_pid
 
 
 def get(url: str) -> tuple[int, str]:

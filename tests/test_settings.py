@@ -122,7 +122,7 @@ def test_python_m_chat_help_works_whatever_the_environment():
 
 
 def test_gunicorn_refuses_bad_settings_in_one_line(tmp_path):
-    from chat.cluster import GUNICORN_CONF, ROOT, free_port
+    from chat.tools.cluster import GUNICORN_CONF, ROOT, free_port
 
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind",

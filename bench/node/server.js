@@ -6,7 +6,7 @@
 // {ok, id}, and the message relayed to the room as {id, room, name, text,
 // server, ts}.  No history, presence or rate limit: this is the plain
 // pub/sub fan-out the Python replicas are measured against.  `python -m
-// chat.sweep --topology node` runs three of these behind the same NGINX
+// chat.tools.sweep --topology node` runs three of these behind the same NGINX
 // and Redis as the Python topologies (one Node process per replica, as one
 // gunicorn worker per replica).
 

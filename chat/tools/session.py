@@ -33,11 +33,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import socketio
 
-from .history import Cursor
+from ..history import Cursor
 
 DEFAULT_URL = "http://localhost:8080"
 # Where ``make up`` (chat-cluster) records the local cluster it runs.
-CLUSTER_STATE = Path(__file__).resolve().parent.parent / ".run" / "cluster.json"
+CLUSTER_STATE = Path(__file__).resolve().parents[2] / ".run" / "cluster.json"
 URL_HELP = ("the chat's address (default: $CHAT_URL, else the local cluster `make up` "
             f"runs, else {DEFAULT_URL})")
 # Reconnect quickly: a replica that dies is replaced behind NGINX within

@@ -1,6 +1,6 @@
 """chat-bench at rising rates, per topology: the numbers in docs/benchmarks.md.
 
-``python -m chat.sweep`` brings up each topology with ``chat.cluster`` (one
+``python -m chat.tools.sweep`` brings up each topology with ``chat.tools.cluster`` (one
 replica in memory; 3 replicas + Redis + NGINX in each backplane mode), runs
 ``chat-bench`` against it at rising offered rates, and stops a topology's
 climb once delivery drops below 100% or p99 passes 100 ms.  Results go to a
@@ -51,7 +51,7 @@ BENCH_ENV = {"MESSAGE_RATE": "100000", "MESSAGE_BURST": "100000"}
 def run_bench(url: str, deliveries: int, clients: int, senders: int, duration: float,
               processes: int) -> dict:
     per_sender = deliveries / clients / senders
-    argv = [sys.executable, "-m", "chat.bench", "--json", "--url", url,
+    argv = [sys.executable, "-m", "chat.tools.bench", "--json", "--url", url,
             "--clients", str(clients), "--senders", str(senders),
             "--rate", f"{per_sender:.3f}", "--duration", str(duration), "--warmup", "2",
             "--processes", str(processes)]
@@ -225,8 +225,8 @@ def chart(results: list[dict], path: Path, baseline: list[dict] | None = None) -
     fig.savefig(path)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chat.sweep",
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chat.tools.sweep",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--topology", action="append", choices=list(TOPOLOGIES))
     parser.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)),
@@ -244,6 +244,11 @@ def main(argv=None) -> int:
     parser.add_argument("--table", action="store_true", help="only print the table from --out")
     parser.add_argument("--idle", type=int, metavar="N",
                         help="only measure the memory cost of N idle connections")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.chart:
         baseline = json.loads(args.baseline.read_text()) if args.baseline else None

@@ -10,7 +10,7 @@ How a run goes:
    shared aiohttp session) and waits for every ``welcome``, noting the
    replica each client landed on, then reports ready.  Senders are
    python-socketio clients (they need acknowledgements); the clients that
-   only receive are lean (:class:`chat.wire.LeanSession`: a few frames
+   only receive are lean (:class:`chat.tools.wire.LeanSession`: a few frames
    spoken by hand, message payloads searched for their stamp instead of
    parsed), so that the generator's CPU goes to measuring rather than to
    decoding.  ``--full-clients`` makes every client a python-socketio one.
@@ -19,7 +19,7 @@ How a run goes:
    staggered so the senders do not fire together.  The schedule is open loop:
    a send never waits for an earlier acknowledgement, so a slow server shows
    up as latency and loss rather than as a lower offered rate.
-4. **Measure.**  Each text carries a stamp (:mod:`chat.load`): run id,
+4. **Measure.**  Each text carries a stamp (:mod:`chat.tools.load`): run id,
    sender, sequence number, send time in nanoseconds and whether it was sent
    during the ``--warmup``.  Receivers turn the stamps of measured messages
    into end-to-end latency: the send time and the arrival time both come
@@ -31,7 +31,7 @@ How a run goes:
    prints a table (or one JSON object with ``--json``).
 
 Pure pieces (the plan, percentiles, merging and the report here; stamps
-and the schedule in :mod:`chat.load`) are plain functions and dataclasses,
+and the schedule in :mod:`chat.tools.load`) are plain functions and dataclasses,
 tested without a server.
 """
 
@@ -61,6 +61,7 @@ try:
 except ImportError:  # not on Windows
     uvloop = None
 
+from ..settings import Settings
 from .load import (
     Stamp,
     StampFinder,
@@ -82,7 +83,6 @@ from .session import (
     http_url,
     stderr_notes,
 )
-from .settings import Settings
 from .wire import LeanSession
 
 # How long deliveries must pause, after the last send, before a worker
@@ -366,7 +366,7 @@ class Bot(Member, Session):
 
 class LeanReceiver(Member, LeanSession):
     """A receive-only benchmark client that finds each message's stamp in
-    the raw frame (see :mod:`chat.wire`)."""
+    the raw frame (see :mod:`chat.tools.wire`)."""
 
     def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally,
                  find_stamp: StampFinder):

@@ -5,7 +5,7 @@ through python-socketio's client (Engine.IO decoding, Socket.IO decoding
 with a full JSON parse, event dispatch) costs the generator CPU that the
 server under test then lacks.  :class:`LeanSession` speaks the few frames a
 listener needs over one aiohttp WebSocket and leaves ``message`` payloads as
-raw text, for the caller to search (:class:`chat.load.StampFinder`).
+raw text, for the caller to search (:class:`chat.tools.load.StampFinder`).
 
 One WebSocket text frame carries one Engine.IO packet: its first character
 is the Engine.IO type, and for type ``4`` (message) the next one is the
@@ -114,7 +114,7 @@ def parse_frame(frame: str) -> tuple[str, object]:
 
 class LeanSession:
     """A listen-only chat session over one WebSocket, speaking the frames in
-    the module docstring.  Like :class:`chat.session.Session` it sends the
+    the module docstring.  Like :class:`chat.tools.session.Session` it sends the
     name and room as auth, notes the replica named by ``welcome`` and turns
     a failure into one sentence; it neither sends messages nor reconnects.
 

@@ -7,7 +7,7 @@ Three ways to use it::
     chat-client --name carol [chat]                  # type lines; /join ROOM, /who, /help, /quit
 
 Each connection adds a random ``sticky`` key to the URL, which NGINX hashes
-to choose a replica (see :mod:`chat.session`).  The key is kept across
+to choose a replica (see :mod:`chat.tools.session`).  The key is kept across
 reconnections; if its replica is gone NGINX picks another, and the client
 says so on stderr.
 
@@ -256,6 +256,7 @@ async def handle_line(conn: Connection, line: str, timeout: float) -> None:
     """Act on one typed line: a command, or a message for the room."""
     if not line:
         return
+    error: str | None = None
     try:
         if line.startswith("/join"):
             # Our last message is relayed to the room we are in when it

@@ -3,7 +3,7 @@
 How a run goes:
 
 1. **Cluster.**  Bring up Redis, ``--replicas`` replicas (``--mode``) and
-   NGINX with :class:`chat.cluster.LocalCluster` in a state folder of its own
+   NGINX with :class:`chat.tools.cluster.LocalCluster` in a state folder of its own
    (temporary unless ``--state-dir`` is given); it waits until every replica
    answers ``/readyz``.  Whatever happens next, the cluster is torn down at
    the end (``finally``; Ctrl-C and SIGTERM included).  With ``--url`` it
@@ -15,7 +15,7 @@ How a run goes:
    (the replica it landed on), every disconnection and every message.
 3. **Load.**  The first ``--senders`` clients send ``--rate`` messages per
    second each, open loop: on a fixed schedule, never waiting for an earlier
-   acknowledgement.  Each text is a stamp (:mod:`chat.load`): run id, sender,
+   acknowledgement.  Each text is a stamp (:mod:`chat.tools.load`): run id, sender,
    sequence number, send time.  A sender records each message's
    acknowledgement: ok, an error (its text), or none at all.  A sender that
    is reconnecting at its turn cannot send; that attempt is counted as
@@ -469,7 +469,7 @@ def _spread(held: dict[str, int]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m chat.chaos", description=__doc__.splitlines()[0],
+        prog="python -m chat.tools.chaos", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--replicas", type=int, default=3, help="replicas to start")
     parser.add_argument("--mode", choices=("socketio", "pubsub"), default="pubsub",

@@ -24,65 +24,34 @@ import contextlib
 import dataclasses
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import (  # free_port and RedisProcess: the tests' fixtures take them here
+    ROOT,
+    ClusterError,
+    RedisProcess,
+    alive,
+    find_binary,
+    free_port,
+    http_ok,
+    port_free,
+    spawn,
+    started_at,
+    stop_pid,
+    stop_pids,
+    wait_until,
+)
+
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 MIME_TYPES = ("/etc/nginx/mime.types", "/usr/local/etc/nginx/mime.types",
               "/opt/homebrew/etc/nginx/mime.types")
-INSTALL_HINTS = {
-    "nginx": "install NGINX (Debian/Ubuntu: apt-get install nginx; macOS: brew install nginx)",
-    "redis-server": "install Redis (Debian/Ubuntu: apt-get install redis-server; "
-                    "macOS: brew install redis), or pass --redis-url",
-}
-
-
-class ClusterError(RuntimeError):
-    """Something the operator must fix; the message is one line saying what."""
-
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768-60999).
-
-    A port the kernel hands out itself is ephemeral, and a client connecting
-    to an ephemeral port that nothing listens on (a stopped Redis) can, rarely,
-    be given that same port as its source and connect to itself: a "server"
-    that echoes every command.  Ports from 20000-32767 cannot collide so.
-    """
-    for _ in range(200):
-        port = random.randint(20000, 32767)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise ClusterError("no free port found in 20000-32767")
-
-
-# NGINX lives in sbin, which a non-root user's PATH often lacks.
-SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin")
-
-
-def find_binary(name: str) -> str:
-    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
-    path = shutil.which(name, path=search)
-    if path is None:
-        raise ClusterError(f"{name} not found: {INSTALL_HINTS[name]}")
-    return path
-
-
 def render_nginx(template: str, values: dict[str, str]) -> str:
     """Fill ``${CHAT_...}`` placeholders, leaving NGINX's own ``$vars`` alone."""
 
@@ -97,139 +66,6 @@ def upstream_lines(ports: list[int]) -> str:
         f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in ports)
 
 
-def port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:``port`` (NGINX would bind it)."""
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def alive(pid: int | None) -> bool:
-    """Is ``pid``, or any process of the group it leads, alive?
-
-    Processes started here lead their own session and group, so the group
-    also covers gunicorn's worker after its master died.
-    """
-    if not pid:
-        return False
-    _reap(pid)
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: ask the kernel
-        for probe in (os.kill, os.killpg):
-            try:
-                probe(pid, 0)
-                return True
-            except PermissionError:
-                return True
-            except ProcessLookupError:
-                continue
-        return False
-    for stat in proc.glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            head, tail = stat.read_text().rsplit(") ", 1)
-            fields = tail.split()
-            # fields[0] is the state, fields[2] the process group
-            if fields[0] in ("Z", "X"):
-                continue
-            if int(fields[2]) == pid or int(head.split(" (", 1)[0]) == pid:
-                return True
-    return False
-
-
-def started_at(pid: int) -> str | None:
-    """When ``pid`` started (clock ticks since boot, from /proc), or None.
-
-    Together with the PID this names one process for good: a PID can be
-    reused, a (PID, start time) pair cannot.
-    """
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _signal(pid: int, sig: int) -> None:
-    """SIGKILL goes to the whole group (nothing may survive it); any other
-    signal to the leader, which passes it on in its own way (gunicorn's
-    master tells its worker to drain)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-    if sig == signal.SIGKILL:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
-
-def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
-    """Send ``sig`` to each; SIGKILL what is left after ``grace`` seconds.
-
-    Returns once every one of them, with its children, is gone.
-    """
-    pids = [pid for pid in pids if alive(pid)]
-    for pid in pids:
-        _signal(pid, sig)
-    deadline = time.monotonic() + grace
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
-        if alive(pid):
-            _signal(pid, signal.SIGKILL)
-    while any(alive(pid) for pid in pids):
-        time.sleep(0.02)
-
-
-def stop_pid(pid: int | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
-    stop_pids([pid], sig, grace)
-
-
-# Processes this Python process started: polled so that they do not linger as
-# zombies once they exit (a later chat-cluster call is not their parent and
-# only signals them).
-_children: dict[int, subprocess.Popen] = {}
-
-
-def _reap(pid: int) -> None:
-    proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
-        del _children[pid]
-
-
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=ROOT, start_new_session=True)
-    _children[proc.pid] = proc
-    return proc.pid
-
-
-def wait_until(check, timeout: float, what: str, log: Path | None = None,
-               pid: int | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if pid is not None and not alive(pid):
-            break
-        time.sleep(0.05)
-    tail = ""
-    if log is not None and log.exists():
-        lines = log.read_text(errors="replace").strip().splitlines()
-        # The most telling line is usually the last exception or error.
-        errors = [line for line in lines if re.search(r"(Error|Exception|error):", line)]
-        tail = (errors or lines or [""])[-1].strip()
-    state = "exited" if pid is not None and not alive(pid) else f"not ready after {timeout:.0f} s"
-    raise ClusterError(f"{what} {state}" + (f": {tail}" if tail else ""))
-
-
 @dataclasses.dataclass
 class Replica:
     server_id: str
@@ -239,42 +75,6 @@ class Replica:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-@dataclasses.dataclass
-class RedisProcess:
-    """A redis-server of our own, that keeps nothing on disk."""
-
-    port: int
-    log: Path
-    pid: int | None = None
-    password: str | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--daemonize", "no"]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        self.pid = spawn(argv, self.log)
-        wait_until(self.answers, 10, f"redis-server on port {self.port}", self.log, self.pid)
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                reply = sock.recv(64)
-        except OSError:
-            return False
-        return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        stop_pid(self.pid, sig)
-        self.pid = None
 
 
 class LocalCluster:
@@ -361,14 +161,14 @@ class LocalCluster:
                 "(make down, or chat-cluster down, first)")
         if replicas < 1:
             raise ClusterError("replicas must be at least 1")
+        if mode == "memory" and replicas != 1:
+            raise ClusterError("memory mode runs exactly one replica (no Redis to join them)")
+        nginx = find_binary("nginx") if proxy else None
         if proxy and not port_free(port):
             # Another program (another cluster's NGINX, say) would answer
             # our health check, and ours would die on "address in use".
             raise ClusterError(f"port {port} is taken by another program "
                                "(stop it, or choose another: make up PORT=...)")
-        if mode == "memory" and replicas != 1:
-            raise ClusterError("memory mode runs exactly one replica (no Redis to join them)")
-        nginx = find_binary("nginx") if proxy else None
         self.port, self.mode = port, mode
         self.extra_env = dict(env or {})
         self.replicas, self.nginx_pid, self.redis = [], None, None
@@ -599,7 +399,7 @@ def _print_status(cluster: LocalCluster) -> None:
         print(f"  {name:<12} {where:<22} pid {pid or '-':<8} {state}")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-cluster", description="Run the chat cluster as local processes.")
     parser.add_argument("--state-dir", default=str(ROOT / ".run"),
@@ -619,6 +419,11 @@ def main(argv=None) -> int:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("name", nargs="?", help="one process: replica-2, nginx, redis...")
     sub.add_parser("monitor", help="every command Redis runs, as it runs it (redis-cli monitor)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     cluster = LocalCluster(Path(args.state_dir))

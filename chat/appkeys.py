@@ -10,6 +10,7 @@ from aiohttp import web
 from .backplane import Observed
 from .events import ChatNamespace
 from .metrics import Metrics
+from .replicas import Registry
 from .server import ChatServer
 from .settings import Settings
 
@@ -18,5 +19,6 @@ METRICS = web.AppKey("metrics", Metrics)
 MANAGER = web.AppKey("manager", Observed)
 SIO = web.AppKey("sio", ChatServer)
 NAMESPACE = web.AppKey("namespace", ChatNamespace)
+REGISTRY = web.AppKey("registry", Registry)
 LOGGER = web.AppKey("logger", logging.Logger)
 CONNECTIONS = web.AppKey("connections", set[asyncio.Transport])  # live Socket.IO requests

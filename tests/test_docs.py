@@ -1,0 +1,156 @@
+"""Every command the docs show runs as written.
+
+Each line of a ``bash`` block in README.md and docs/*.md is one of:
+
+* a ``make`` target: ``make -n`` (a dry run) must accept it, and every
+  ``VAR=value`` it sets must be a variable the Makefile reads;
+* one of the project's programs (``chat-client``, ``chat-bench``,
+  ``chat-cluster``, ``chat-chaos``, ``python -m chat...``): its real argument
+  parser must accept the line; ``chat-client ... send`` and ``--help`` lines
+  are also run, against a cluster this test starts;
+* ``. .venv/bin/activate``: the file ``make install`` makes is there;
+* a command listed in ``ELSEWHERE`` with the reason it is checked elsewhere.
+
+Anything else fails the test: a command the docs show and nothing checks.
+Output belongs in ``text`` blocks, not ``bash`` ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chat import __main__ as chat_main
+from chat.tools import bench, chaos, client, cluster, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PROGRAMS = {
+    "chat-client": client.build_parser,
+    "chat-bench": bench.build_parser,
+    "chat-cluster": cluster.build_parser,
+    "chat-chaos": chaos.build_parser,
+    "python -m chat": chat_main.build_parser,
+    "python -m chat.tools.sweep": sweep.build_parser,
+    "python -m chat.tools.chaos": chaos.build_parser,
+}
+# Commands of other programs, and where they are checked.
+ELSEWHERE = {
+    "docker": "compose.yaml is validated against the compose schema (test_cluster.py)",
+    "git": "the project's own history",
+    "kubectl": "manifests are rendered and validated in their own tests",
+}
+MAKE_BUILTINS = {"MAKEFLAGS"}
+
+
+def shell_lines() -> list[tuple[str, str]]:
+    """``(where, line)`` for every command line of every bash block."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
+            start = text[:block.start()].count("\n") + 2
+            for offset, line in enumerate(block.group(1).splitlines()):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    found.append((f"{doc.name}:{start + offset}", line))
+    return found
+
+
+def words(line: str) -> list[str]:
+    return shlex.split(line, comments=True)
+
+
+def program_of(argv: list[str]) -> tuple[str, list[str]] | None:
+    """The name under which ``argv`` is one of our programs, and its arguments."""
+    if argv[0].endswith("python") or argv[0].endswith("python3"):
+        if argv[1:2] == ["-m"] and len(argv) > 2:
+            name = f"python -m {argv[2]}"
+            return (name, argv[3:]) if name in PROGRAMS else None
+        return None
+    name = Path(argv[0]).name
+    return (name, argv[1:]) if name in PROGRAMS else None
+
+
+def makefile_variables() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([A-Z_]+)\s*[?:]?=", text, re.M)) | set(
+        re.findall(r"\$\(([A-Z_]+)\)", text))
+
+
+LINES = shell_lines()
+
+
+def test_the_docs_show_commands():
+    assert len(LINES) > 10, LINES
+
+
+@pytest.mark.parametrize(("where", "line"), LINES, ids=[w for w, _ in LINES])
+def test_each_documented_command_is_checked(where, line, monkeypatch):
+    argv = words(line)
+    if argv[0] == "make":
+        settings = [a for a in argv[1:] if "=" in a]
+        unknown = {a.split("=", 1)[0] for a in settings} - makefile_variables() - MAKE_BUILTINS
+        assert not unknown, f"{where}: the Makefile reads no {unknown}"
+        dry = subprocess.run(["make", "-n", *argv[1:], "DOCKER=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, f"{where}: {line}\n{dry.stderr}"
+        return
+    if argv[0] in (".", "source"):
+        assert (ROOT / argv[1]).is_file(), f"{where}: {argv[1]} is not there after make install"
+        return
+    found = program_of(argv)
+    if found is None:
+        assert argv[0] in ELSEWHERE, f"{where}: nothing checks {line!r}"
+        return
+    name, arguments = found
+    monkeypatch.setattr(sys, "argv", [name])
+    try:
+        PROGRAMS[name]().parse_args(arguments)
+    except SystemExit as exc:  # --help exits 0; a refusal exits 2
+        assert exc.code == 0, f"{where}: {name} refuses {arguments}"
+
+
+RUNNABLE = [(w, line) for w, line in LINES
+            if (found := program_of(words(line))) and (
+                "--help" in words(line) or (found[0] == "chat-client" and "send" in words(line)))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "line"), RUNNABLE, ids=[w for w, _ in RUNNABLE])
+def test_documented_commands_that_end_run_against_a_cluster(where, line, shared_clusters):
+    target = shared_clusters(replicas=2, mode="pubsub")
+    argv = words(line)
+    name, arguments = program_of(argv)
+    module = {"chat-client": "chat.tools.client", "chat-bench": "chat.tools.bench",
+              "chat-cluster": "chat.tools.cluster", "chat-chaos": "chat.tools.chaos"}.get(
+                  name, name.removeprefix("python -m "))
+    result = subprocess.run([sys.executable, "-m", module, *arguments],
+                            env={**os.environ, "CHAT_URL": target.url}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{where}: {line}\n{result.stderr}"
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    """Every path the layout table names exists, and every module of the
+    package is named there (directly or as a file of a named folder)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w./-]+)`", table))
+    paths = {n for n in named if "/" in n}
+    missing = sorted(p for p in paths if not (ROOT / p.rstrip("/")).exists())
+    folders = {p.rstrip("/") + "/" for p in paths if (ROOT / p.rstrip("/")).is_dir()}
+    # A bare file name stands for a file of a folder the table names.
+    missing += sorted(n for n in named - paths if "." in n and not any(
+        (ROOT / f / n).exists() for f in (*folders, "")))
+    assert not missing, f"the layout table names what is not there: {missing}"
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "chat").rglob("*.py")
+               if p.name != "__init__.py" and "__pycache__" not in p.parts}
+    unnamed = sorted(m for m in modules
+                     if m not in paths and not any(m.startswith(f) for f in folders))
+    assert not unnamed, f"modules the layout table does not name: {unnamed}"
