@@ -653,7 +653,10 @@ class Conductor:
         for snapshot in self.progress.values():
             total.update(snapshot)
         elapsed = max(0.0, time.time() - self.started)
-        phase = "warm-up" if elapsed < self.plan.warmup else "measuring"
+        # The workers' counts arrive once a second: "measuring" only once
+        # they show measured messages, so the line never reads "delivered 0".
+        measuring = elapsed >= self.plan.warmup and total["sent"] > 0
+        phase = "measuring" if measuring else "warm-up"
         if elapsed >= self.plan.send_end:
             phase = "draining"
         if final:
