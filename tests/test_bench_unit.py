@@ -15,17 +15,16 @@ import pytest
 
 from chat import jsonio
 from chat.tools import wire
-from chat.tools.bench import (
+from chat.tools.bench import build_parser, plan_from
+from chat.tools.benchrun import (
     Plan,
     Tally,
-    build_parser,
     build_report,
     expected_deliveries,
     format_report,
     latency_summary,
     merge_tallies,
     percentile,
-    plan_from,
 )
 from chat.tools.load import Stamp, StampFinder, decode_stamp, encode_stamp, send_times
 

@@ -30,31 +30,24 @@ How a run goes:
    disconnect, and hand their tallies to the parent, which merges them and
    prints a table (or one JSON object with ``--json``).
 
-Pure pieces (the plan, percentiles, merging and the report here; stamps
-and the schedule in :mod:`chat.tools.load`) are plain functions and dataclasses,
-tested without a server.
+This file holds the parent (:class:`Conductor`) and the command line; the
+plan, the tally and the report are in :mod:`chat.tools.benchrun` (pure, tested
+without a server), the worker processes in :mod:`chat.tools.benchworker`,
+stamps and the schedule in :mod:`chat.tools.load`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import dataclasses
 import json
 import multiprocessing
-import os
 import queue
 import resource
 import secrets
-import signal
 import sys
 import time
-from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
-
-import aiohttp
 
 try:
     import uvloop
@@ -62,495 +55,19 @@ except ImportError:  # not on Windows
     uvloop = None
 
 from ..settings import Settings
-from .load import (
-    Stamp,
-    StampFinder,
-    decode_stamp,
-    encode_stamp,
-    on_schedule,
-    send_times,
-    until_quiet,
-)
+from .benchrun import Plan, Tally, build_report, format_report, merge_tallies
+from .benchworker import cpu_seconds, worker_main
 from .session import (
     URL_HELP,
     ClientError,
-    Session,
-    Unreachable,
-    ack_error,
     check_arguments,
     default_url,
-    diagnose,
     http_url,
     stderr_notes,
 )
-from .wire import LeanSession
-
-# How long deliveries must pause, after the last send, before a worker
-# decides nothing more is on its way.
-QUIET = 0.5
-# Handshakes in flight at once, per worker: enough to connect thousands of
-# clients in seconds without a thundering herd against NGINX.
-CONNECT_CONCURRENCY = 32
 
 note = stderr_notes("chat-bench")
 SERVER_RATE = Settings.message_rate  # a replica's default per-connection limit
-
-
-# -- the plan -------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Who connects where, who sends, and when; shared by every process."""
-
-    urls: tuple[str, ...]
-    clients: int
-    rooms: int
-    senders: int
-    rate: float
-    duration: float
-    warmup: float
-    processes: int
-    run_id: str
-    drain: float = 3.0
-    connect_timeout: float = 30.0
-    full_clients: bool = False
-
-    def room_index(self, client: int) -> int:
-        return client % self.rooms
-
-    def room(self, client: int) -> str:
-        return f"bench-{self.run_id}-{self.room_index(client)}"
-
-    def url(self, client: int) -> str:
-        # Consecutive clients fill the rooms first, so members of one room
-        # are spread over the URLs (plain ``client % len(urls)`` would put a
-        # room wholly on one replica whenever rooms == URLs).
-        return self.urls[(client // self.rooms) % len(self.urls)]
-
-    def worker(self, client: int) -> int:
-        return client % self.processes
-
-    def clients_of(self, worker: int) -> list[int]:
-        return list(range(worker, self.clients, self.processes))
-
-    def is_sender(self, client: int) -> bool:
-        return client < self.senders
-
-    def is_lean(self, client: int) -> bool:
-        """Receives through a lean session rather than python-socketio."""
-        return not self.full_clients and not self.is_sender(client)
-
-    def members(self, room_index: int) -> int:
-        """Clients in room ``room_index``."""
-        return len(range(room_index, self.clients, self.rooms))
-
-    def sender_offset(self, client: int) -> float:
-        """Senders are spread evenly over one send interval."""
-        return client / self.senders / self.rate
-
-    @property
-    def send_end(self) -> float:
-        """Seconds from the start instant to the end of sending."""
-        return self.warmup + self.duration
-
-
-# -- statistics ------------------------------------------------------------------
-
-def percentile(ordered: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of already sorted values (None when empty)."""
-    if not ordered:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within 0..100")
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
-    return ordered[int(rank) - 1]
-
-
-def latency_summary(values: Iterable[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-    summary = {f"p{q}": percentile(ordered, q) for q in (50, 90, 99)}
-    summary["max"] = ordered[-1] if ordered else None
-    return {k: None if v is None else round(v, 3) for k, v in summary.items()}
-
-
-@dataclasses.dataclass
-class Tally:
-    """What one worker saw; tallies of several workers merge by addition.
-
-    Everything except ``sent_warmup`` counts measured messages only.
-    """
-
-    clients: int = 0
-    servers: Counter = dataclasses.field(default_factory=Counter)
-    sent: int = 0
-    sent_warmup: int = 0
-    sent_by_room: Counter = dataclasses.field(default_factory=Counter)
-    acks_ok: int = 0
-    acks_warmup: int = 0
-    ack_errors: Counter = dataclasses.field(default_factory=Counter)
-    received: int = 0
-    out_of_order: int = 0
-    disconnects: int = 0
-    latencies_ms: array = dataclasses.field(default_factory=lambda: array("d"))
-    ack_ms: array = dataclasses.field(default_factory=lambda: array("d"))
-    max_lag_ms: float = 0.0
-    cpu_s: float = 0.0
-
-    @property
-    def acks_pending(self) -> int:
-        return self.sent - self.acks_ok - sum(self.ack_errors.values())
-
-    def count_delivery(self, last_seq: dict[int, int], stamp: Stamp | None,
-                       now_ns: int) -> bool:
-        """Count one delivery to a receiver whose latest sequence number per
-        sender is ``last_seq``; False (nothing counted) unless ``stamp`` is
-        a measured message of this run."""
-        if stamp is None or stamp.warmup:
-            return False
-        self.received += 1
-        self.latencies_ms.append((now_ns - stamp.sent_ns) / 1e6)
-        if stamp.seq <= last_seq.get(stamp.sender, -1):
-            self.out_of_order += 1
-        else:
-            last_seq[stamp.sender] = stamp.seq
-        return True
-
-
-def merge_tallies(tallies: Iterable[Tally]) -> Tally:
-    total = Tally()
-    for t in tallies:
-        total.clients += t.clients
-        total.servers.update(t.servers)
-        total.sent += t.sent
-        total.sent_warmup += t.sent_warmup
-        total.sent_by_room.update(t.sent_by_room)
-        total.acks_ok += t.acks_ok
-        total.acks_warmup += t.acks_warmup
-        total.ack_errors.update(t.ack_errors)
-        total.received += t.received
-        total.out_of_order += t.out_of_order
-        total.disconnects += t.disconnects
-        total.latencies_ms.extend(t.latencies_ms)
-        total.ack_ms.extend(t.ack_ms)
-        total.max_lag_ms = max(total.max_lag_ms, t.max_lag_ms)
-        total.cpu_s += t.cpu_s
-    return total
-
-
-def expected_deliveries(plan: Plan, sent_by_room: Counter) -> int:
-    """Every member of a room, the sender included, receives each message."""
-    return sum(count * plan.members(room) for room, count in sent_by_room.items())
-
-
-def build_report(plan: Plan, tally: Tally, window: float, wall: float,
-                 cpu_total: float) -> dict:
-    """The run's results as one JSON-ready dict.
-
-    ``window`` is the measured span in seconds (``--duration`` unless the
-    run was interrupted), ``wall`` the whole run, ``cpu_total`` the CPU
-    seconds of the generator (parent and workers) over ``wall``.
-    """
-    expected = expected_deliveries(plan, tally.sent_by_room)
-
-    def per_s(count: int) -> float:
-        return count / window if window > 0 else 0.0
-
-    members = [plan.members(r) for r in range(plan.rooms)]
-    return {
-        "run": plan.run_id,
-        "urls": list(plan.urls),
-        "clients": plan.clients,
-        "rooms": plan.rooms,
-        "members_per_room": {"min": min(members), "max": max(members)},
-        "senders": plan.senders,
-        "rate_per_sender": plan.rate,
-        "warmup_s": plan.warmup,
-        "window_s": round(window, 3),
-        "processes": plan.processes,
-        "replicas": dict(sorted(tally.servers.items())),
-        "sent": tally.sent,
-        "sent_per_s": per_s(tally.sent),
-        "expected": expected,
-        "expected_per_s": per_s(expected),
-        "received": tally.received,
-        "delivered_per_s": per_s(tally.received),
-        "delivery_ratio": tally.received / expected if expected else None,
-        "latency_ms": latency_summary(tally.latencies_ms),
-        "ack_ms": latency_summary(tally.ack_ms),
-        "acks_ok": tally.acks_ok,
-        "ack_errors": sum(tally.ack_errors.values()),
-        "ack_error_kinds": dict(tally.ack_errors.most_common()),
-        "acks_missing": tally.acks_pending,
-        "out_of_order": tally.out_of_order,
-        "disconnects": tally.disconnects,
-        "send_lag_max_ms": tally.max_lag_ms,
-        "cpu_measuring_pct": 100 * tally.cpu_s / window if window > 0 else None,
-        "cpu_run_pct": 100 * cpu_total / wall if wall > 0 else None,
-        "cpu_cores": os.cpu_count(),
-    }
-
-
-def figure(value, spec: str, unit: str = "") -> str:
-    """``value`` formatted with ``spec`` and followed by ``unit``, or "-" for None."""
-    return "-" if value is None else format(value, spec) + unit
-
-
-def format_report(r: dict) -> str:
-    lo, hi = r["members_per_room"]["min"], r["members_per_room"]["max"]
-    members = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    lat, ack = r["latency_ms"], r["ack_ms"]
-    replicas = ", ".join(f"{name} {n}" for name, n in r["replicas"].items()) or "-"
-    errors = "; ".join(f"{n}x {text}" for text, n in r["ack_error_kinds"].items())
-    rows = [
-        ("run", f"{r['clients']} clients in {r['rooms']} room(s) of {members}, "
-                f"{r['senders']} senders x {r['rate_per_sender']:g} msg/s, "
-                f"{r['window_s']:g} s measured after {r['warmup_s']:g} s warm-up, "
-                f"{r['processes']} process(es)"),
-        ("urls", " ".join(r["urls"])),
-        ("replicas", replicas),
-        ("offered", f"{r['sent_per_s']:.1f} msg/s sent -> {r['expected_per_s']:.1f} "
-                    f"deliveries/s expected ({r['sent']} msgs, {r['expected']} deliveries)"),
-        ("delivered", f"{r['received']} of {r['expected']} ({figure(r['delivery_ratio'], '.2%')}), "
-                      f"{r['delivered_per_s']:.1f} msg/s"),
-        ("latency ms", "  ".join(f"{q} {figure(ms, '.1f')}" for q, ms in lat.items())),
-        ("ack ms", "  ".join(f"{q} {figure(ms, '.1f')}" for q, ms in ack.items())),
-        ("acks", f"{r['acks_ok']} ok, {r['ack_errors']} errors, {r['acks_missing']} missing"
-                 + (f" ({errors})" if errors else "")),
-        ("anomalies", f"{r['out_of_order']} out-of-order or duplicate deliveries, "
-                      f"{r['disconnects']} disconnects"),
-        ("generator", f"CPU {figure(r['cpu_measuring_pct'], '.1f', '%')} of one core while "
-                      f"measuring, {figure(r['cpu_run_pct'], '.1f', '%')} over the whole run "
-                      f"({r['cpu_cores']} cores); "
-                      f"max send lag {r['send_lag_max_ms']:.1f} ms"),
-    ]
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
-
-
-# -- one worker process ----------------------------------------------------------
-
-class Member:
-    """What every benchmark client counts, however it connects: the replica
-    it lands on, its disconnections and the measured messages it receives."""
-
-    def _join_bench(self, plan: Plan, index: int, tally: Tally) -> None:
-        self.plan = plan
-        self.index = index
-        self.tally = tally
-        self.last_seq: dict[int, int] = {}
-        self.last_rx = 0.0
-
-    def on_welcome(self, previous):
-        self.tally.servers[self.server] += 1
-
-    def on_lost(self, reason):
-        self.tally.disconnects += 1
-
-    def delivered(self, stamp: Stamp | None, now_ns: int) -> None:
-        if self.tally.count_delivery(self.last_seq, stamp, now_ns):
-            self.last_rx = time.monotonic()
-
-
-class Bot(Member, Session):
-    """A python-socketio benchmark client: every sender, and every receiver
-    with ``--full-clients``."""
-
-    def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally):
-        super().__init__(plan.url(index), f"bench-{index}", plan.room(index), http)
-        self._join_bench(plan, index, tally)
-
-    def on_message(self, event):
-        now_ns = time.time_ns()
-        self.delivered(decode_stamp(event.get("text"), self.plan.run_id), now_ns)
-
-
-class LeanReceiver(Member, LeanSession):
-    """A receive-only benchmark client that finds each message's stamp in
-    the raw frame (see :mod:`chat.tools.wire`)."""
-
-    def __init__(self, plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally,
-                 find_stamp: StampFinder):
-        super().__init__(plan.url(index), f"bench-{index}", plan.room(index), http)
-        self._join_bench(plan, index, tally)
-        self.find_stamp = find_stamp
-
-    def on_message_frame(self, frame, now_ns):
-        self.delivered(self.find_stamp(frame), now_ns)
-
-
-class Worker:
-    """Runs in its own process: connects a share of the clients, sends on
-    schedule, and sends progress and its final :class:`Tally` to the parent."""
-
-    def __init__(self, plan: Plan, index: int, channel, go, start_at, stop):
-        self.plan = plan
-        self.index = index
-        self.channel = channel
-        self.go = go
-        self.start_at = start_at
-        self.stop = stop
-        self.tally = Tally()
-        self.bots: list[Bot | LeanReceiver] = []
-        self.parent = multiprocessing.parent_process()
-
-    def stopped(self) -> bool:
-        """The parent said stop, or died (killed outright): either way, end."""
-        return self.stop.is_set() or not self.parent.is_alive()
-
-    async def run(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0)  # the default 100 would cap the clients
-        async with aiohttp.ClientSession(connector=connector) as http:
-            find_stamp = StampFinder(self.plan.run_id)
-            self.bots = [
-                LeanReceiver(self.plan, i, http, self.tally, find_stamp)
-                if self.plan.is_lean(i) else Bot(self.plan, i, http, self.tally)
-                for i in self.plan.clients_of(self.index)]
-            try:
-                await self.connect_all(http)
-                self.tally.clients = len(self.bots)
-                self.channel.put(("ready", self.index, None))
-                start = await self.wait_for_go()
-                if start is not None:
-                    await self.measure(start)
-            except ClientError as exc:
-                self.channel.put(("error", self.index, str(exc)))
-                return
-            finally:
-                await asyncio.gather(*(bot.close() for bot in self.bots))
-        self.send_progress()
-        self.channel.put(("result", self.index, self.tally))
-
-    async def connect_all(self, http: aiohttp.ClientSession) -> None:
-        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-        async def one(bot: Bot | LeanReceiver) -> None:
-            async with gate:
-                await bot.open(explain=False)
-
-        try:
-            async with asyncio.timeout(self.plan.connect_timeout):
-                results = await asyncio.gather(*(one(b) for b in self.bots),
-                                               return_exceptions=True)
-        except TimeoutError:
-            raise ClientError(f"clients not connected within {self.plan.connect_timeout:g} s "
-                              "(--connect-timeout)") from None
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            first = failures[0]
-            # Ask the server why once, not once per client.
-            reason = await diagnose(http, str(first)) if isinstance(first, Unreachable) \
-                else str(first)
-            raise ClientError(f"{len(failures)} of {len(self.bots)} clients could not "
-                              f"connect, e.g. {reason}")
-
-    async def wait_for_go(self) -> float | None:
-        """Wait for the parent's start instant; return it on this process's
-        monotonic clock, or None if the run was stopped first."""
-        while not self.go.is_set():
-            if self.stopped():
-                return None
-            await asyncio.sleep(0.02)
-        return time.monotonic() + (self.start_at.value - time.time())
-
-    async def measure(self, start: float) -> None:
-        plan = self.plan
-        warm_end, end = start + plan.warmup, start + plan.send_end
-        senders = [asyncio.ensure_future(self.send_loop(bot, start, end))
-                   for bot in self.bots if plan.is_sender(bot.index)]
-        reporter = asyncio.ensure_future(self.report_progress())
-        try:
-            # The CPU this process spends between the end of the warm-up and
-            # the end of sending (or an interruption) is the generator's cost.
-            cpu_from = None
-            while time.monotonic() < end and not self.stopped():
-                if cpu_from is None and time.monotonic() >= warm_end:
-                    cpu_from = _cpu_seconds()
-                await asyncio.sleep(0.05)
-            if cpu_from is not None:
-                self.tally.cpu_s = _cpu_seconds() - cpu_from
-            if self.stopped():
-                for s in senders:
-                    s.cancel()
-            for outcome in await asyncio.gather(*senders, return_exceptions=True):
-                if isinstance(outcome, Exception):
-                    raise outcome
-            # Deliveries must pause and every acknowledgement be in.
-            await until_quiet(lambda: max(end, *(bot.last_rx for bot in self.bots)), QUIET,
-                              self.plan.drain, pending=lambda: self.tally.acks_pending,
-                              stop=self.stopped)
-        finally:
-            reporter.cancel()
-            for s in senders:
-                s.cancel()
-
-    async def send_loop(self, bot: Bot, start: float, end: float) -> None:
-        plan, tally = self.plan, self.tally
-        warm_end = start + plan.warmup
-        room = plan.room_index(bot.index)
-        times = send_times(start, plan.rate, plan.sender_offset(bot.index), end)
-        async for seq, due, late in on_schedule(times):
-            warmup = due < warm_end
-            stamp = Stamp(plan.run_id, bot.index, seq, time.time_ns(), warmup)
-            sent = await bot.send_message(encode_stamp(stamp),
-                                          self._ack_counter(time.perf_counter(), warmup))
-            if warmup:
-                tally.sent_warmup += sent
-                continue
-            tally.max_lag_ms = max(tally.max_lag_ms, late * 1000)
-            if not sent:
-                tally.ack_errors["not connected"] += 1
-            tally.sent += 1
-            tally.sent_by_room[room] += 1
-
-    def _ack_counter(self, sent: float, warmup: bool):
-        def on_ack(ack=None):
-            if warmup:
-                self.tally.acks_warmup += 1
-                return
-            error = ack_error(ack)
-            if error:
-                self.tally.ack_errors[error] += 1
-            else:
-                self.tally.acks_ok += 1
-                self.tally.ack_ms.append((time.perf_counter() - sent) * 1000)
-        return on_ack
-
-    async def report_progress(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.send_progress()
-
-    def send_progress(self) -> None:
-        t = self.tally
-        # Measured messages, as the summary counts them; the warm-up apart.
-        snapshot = {"warm-up": t.sent_warmup, "sent": t.sent, "acked": t.acks_ok,
-                    "errors": sum(t.ack_errors.values()), "delivered": t.received,
-                    "disconnects": t.disconnects}
-        self.channel.put(("progress", self.index, snapshot))
-
-
-def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
-    """CPU seconds (user and system) of this process, or of its ended children."""
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def worker_main(plan: Plan, index: int, channel, go, start_at, stop) -> None:
-    """Entry point of a worker process."""
-    # Ctrl-C reaches the whole process group; the parent turns it into
-    # ``stop`` so that workers still disconnect and report.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # uvloop, as on the replicas: the generator's per-frame wake-ups are most
-    # of its cost, and uvloop's loop takes about a third off them.
-    loop_factory = uvloop.new_event_loop if uvloop is not None else None
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(Worker(plan, index, channel, go, start_at, stop).run())
-    except Exception as exc:  # report, do not leave the parent waiting
-        channel.put(("error", index, f"worker {index} failed: {type(exc).__name__}: {exc}"))
-    if not multiprocessing.parent_process().is_alive():
-        # Nobody reads the queue any more: exit without flushing it.
-        channel.cancel_join_thread()
 
 
 # -- the parent ------------------------------------------------------------------
@@ -578,7 +95,7 @@ class Conductor:
         self.started = 0.0
 
     def run(self) -> dict:
-        cpu_before = _cpu_seconds(resource.RUSAGE_CHILDREN) + _cpu_seconds()
+        cpu_before = cpu_seconds(resource.RUSAGE_CHILDREN) + cpu_seconds()
         began = time.monotonic()
         for w in self.workers:
             w.start()
@@ -588,7 +105,7 @@ class Conductor:
             self.stop.set()
             self._join()
         wall = time.monotonic() - began
-        cpu_total = _cpu_seconds(resource.RUSAGE_CHILDREN) + _cpu_seconds() - cpu_before
+        cpu_total = cpu_seconds(resource.RUSAGE_CHILDREN) + cpu_seconds() - cpu_before
         if self.errors:
             raise ClientError(self.errors[0])
         if not self.go.is_set():

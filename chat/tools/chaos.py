@@ -78,7 +78,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .bench import figure, latency_summary
+from .benchrun import figure, latency_summary
 from .cluster import ClusterError, LocalCluster, free_port
 from .load import Stamp, decode_stamp, encode_stamp, on_schedule, send_times, until_quiet
 from .session import ClientError, Session, ack_error, check_arguments, http_url, stderr_notes

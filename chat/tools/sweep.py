@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench import figure
+from .benchrun import figure
 from .cluster import ROOT, LocalCluster, free_port, spawn
 
 TOPOLOGIES = {
