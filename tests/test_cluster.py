@@ -18,7 +18,8 @@ from collections import Counter
 import pytest
 import socketio
 
-from chat.tools.cluster import NGINX_TEMPLATE, ROOT, LocalCluster, Replica, alive, free_port
+from chat.tools.cluster import ROOT, LocalCluster, Replica, alive, free_port
+from chat.tools.nginx import NGINX_TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

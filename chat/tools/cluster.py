@@ -8,7 +8,8 @@ command defined here when Docker is absent.
 Every process is started in its own session with its output in a log file,
 and recorded (PID, port, command) in ``<state>/cluster.json``, so a later
 ``chat-cluster`` call, a test's teardown or ``make down`` can find and stop
-exactly those processes by PID, and nothing else.
+exactly those processes by PID, and nothing else (``processes.py``).  NGINX
+is rendered, checked, started and reloaded by ``nginx.py``.
 
 Layout of the state folder (``.run/`` by default, git-ignored)::
 
@@ -24,14 +25,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from .nginx import NginxFront
 from .processes import (  # free_port and RedisProcess: the tests' fixtures take them here
     ROOT,
     ClusterError,
@@ -48,22 +47,7 @@ from .processes import (  # free_port and RedisProcess: the tests' fixtures take
     wait_until,
 )
 
-NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
-MIME_TYPES = ("/etc/nginx/mime.types", "/usr/local/etc/nginx/mime.types",
-              "/opt/homebrew/etc/nginx/mime.types")
-def render_nginx(template: str, values: dict[str, str]) -> str:
-    """Fill ``${CHAT_...}`` placeholders, leaving NGINX's own ``$vars`` alone."""
-
-    def fill(match: re.Match) -> str:
-        return values[match.group(1)]
-
-    return re.sub(r"\$\{(CHAT_[A-Z_]+)\}", fill, template)
-
-
-def upstream_lines(ports: list[int]) -> str:
-    return "\n        ".join(
-        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in ports)
 
 
 @dataclasses.dataclass
@@ -77,7 +61,7 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
 
-class LocalCluster:
+class LocalCluster(NginxFront):
     """Redis + N replicas + NGINX as local processes, recorded in a state folder."""
 
     def __init__(self, state_dir: Path):
@@ -327,54 +311,6 @@ class LocalCluster:
         self.wait_replica(replica)
         if proxied:
             self._reload_nginx()
-
-    # -- nginx ----------------------------------------------------------
-    def render_nginx(self, leaving: str | None = None) -> Path:
-        run_dir = self.state_dir / "nginx"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        mime = next((m for m in MIME_TYPES if Path(m).exists()), None)
-        values = {
-            "CHAT_RUN_DIR": str(run_dir),
-            "CHAT_MIME_TYPES": mime or str(ROOT / "deploy" / "mime.types"),
-            "CHAT_ACCESS_LOG": str(self.logs / "nginx-access.log"),
-            "CHAT_LISTEN": f"127.0.0.1:{self.port}",
-            "CHAT_RESOLVER": "# (fixed local ports: no resolver)",
-            "CHAT_WEB_ROOT": str(ROOT / "web"),
-            "CHAT_UPSTREAM_SERVERS": upstream_lines(
-                [r.port for r in self.replicas if r.server_id != leaving]),
-        }
-        conf = run_dir / "nginx.conf"
-        conf.write_text(render_nginx(NGINX_TEMPLATE.read_text(), values))
-        return conf
-
-    def _nginx_argv(self, nginx: str, conf: Path) -> list[str]:
-        return [nginx, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"]
-
-    def check_nginx(self, nginx: str | None = None, leaving: str | None = None) -> None:
-        nginx = nginx or find_binary("nginx")
-        conf = self.render_nginx(leaving)
-        result = subprocess.run([*self._nginx_argv(nginx, conf), "-t", "-q"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ClusterError("nginx -t: " + " ".join(result.stderr.split()))
-
-    def _start_nginx(self, nginx: str) -> None:
-        self.check_nginx(nginx)
-        conf = self.state_dir / "nginx" / "nginx.conf"
-        self.nginx_pid = spawn(self._nginx_argv(nginx, conf), self.logs / "nginx.log")
-        self._save()
-        wait_until(lambda: http_ok(f"{self.url}/nginx-health"), 10,
-                   f"nginx on port {self.port}", self.logs / "nginx.log", self.nginx_pid)
-
-    def _reload_nginx(self, leaving: str | None = None) -> None:
-        """Graceful reload: old workers keep their connections until they close."""
-        self.check_nginx(leaving=leaving)
-        os.kill(self.nginx_pid, signal.SIGHUP)
-        time.sleep(0.3)  # the master re-reads the config and starts new workers
-        wait_until(lambda: http_ok(f"{self.url}/nginx-health"), 10, "nginx reload",
-                   self.logs / "nginx.log", self.nginx_pid)
-        self._save()
 
     # -- reporting ------------------------------------------------------
     def status(self) -> list[tuple[str, str, int | None, str]]:
