@@ -59,6 +59,19 @@ def test_every_room_has_members_on_every_url():
         assert urls == {"http://a", "http://b"}
 
 
+def test_spread_puts_each_room_on_neighbouring_urls():
+    urls = tuple(f"http://r{i}" for i in range(5))
+    plan = make_plan(clients=500, rooms=250, urls=urls, spread=2)
+    for room in range(250):
+        members = [plan.url(i) for i in range(500) if plan.room_index(i) == room]
+        assert members == [urls[room % 5], urls[(room + 1) % 5]]
+    # every URL gets its share of clients
+    assert {u: sum(plan.url(i) == u for i in range(500)) for u in urls} == dict.fromkeys(
+        urls, 100)
+    with pytest.raises(SystemExit):
+        parse("--url", "http://a", "--spread", "2")
+
+
 def test_one_room_uses_urls_round_robin():
     plan = make_plan(clients=6, rooms=1, urls=("http://a", "http://b", "http://c"))
     assert [plan.url(i) for i in range(6)] == ["http://a", "http://b", "http://c"] * 2
@@ -396,9 +409,14 @@ def parse(*argv) -> Plan:
     return plan_from(parser.parse_args(list(argv)), parser)
 
 
-def test_defaults():
+def test_defaults(monkeypatch, tmp_path):
+    from chat.tools import session
+
+    monkeypatch.delenv("CHAT_URL", raising=False)
+    monkeypatch.setattr(session, "CLUSTER_STATE", tmp_path / "none.json")  # no local cluster
     plan = parse()
     assert plan.urls == ("http://localhost:8080",)
+    assert plan.spread == 0
     assert (plan.clients, plan.rooms, plan.senders, plan.rate) == (100, 1, 10, 1.0)
     assert (plan.duration, plan.warmup, plan.processes) == (10.0, 2.0, 1)
     assert len(plan.run_id) == 6

@@ -111,11 +111,15 @@ class Conductor:
         if not self.go.is_set():
             raise ClientError("interrupted before the run started")
         window = self.plan.duration
+        measured_from = self.started + self.plan.warmup
         if self.interrupted_at is not None:
-            measured_from = self.started + self.plan.warmup
             window = min(window, max(0.0, self.interrupted_at - measured_from))
         tally = merge_tallies(self.results.values())
-        return build_report(self.plan, tally, window, wall, cpu_total)
+        report = build_report(self.plan, tally, window, wall, cpu_total)
+        # When the measured window was, on the wall clock: what a caller that
+        # samples the servers (the sweep's CPU per delivery) needs.
+        report["measured_at"] = [round(measured_from, 3), round(measured_from + window, 3)]
+        return report
 
     def _collect(self) -> None:
         last_print = time.monotonic()
@@ -216,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=URL_HELP + "; repeat to spread clients over several")
     parser.add_argument("--clients", type=int, default=100, help="connections to open")
     parser.add_argument("--rooms", type=int, default=1, help="rooms, clients spread evenly")
+    parser.add_argument("--spread", type=int, default=0,
+                        help="put each room's members on this many neighbouring --url "
+                             "values (room r on URLs r, r+1, ...); 0: on all of them")
     parser.add_argument("--senders", type=int, default=10,
                         help="how many of the clients send")
     parser.add_argument("--rate", type=float, default=1.0,
@@ -239,10 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from(args, parser: argparse.ArgumentParser) -> Plan:
+    try:
+        urls = tuple(args.url or [default_url()])
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"CHAT_URL: {exc}")
     check_arguments(parser, [
         (args.clients < 1, "--clients must be at least 1"),
         (not 1 <= args.rooms <= args.clients, "--rooms must be between 1 and --clients"),
         (not 1 <= args.senders <= args.clients, "--senders must be between 1 and --clients"),
+        (not 0 <= args.spread <= len(urls), "--spread must be between 0 and the number of "
+                                            "--url values"),
         (not 1 <= args.processes <= args.clients,
          "--processes must be between 1 and --clients"),
         (args.rate <= 0, "--rate must be positive"),
@@ -253,15 +266,12 @@ def plan_from(args, parser: argparse.ArgumentParser) -> Plan:
     if args.rate > SERVER_RATE:
         note(f"--rate {args.rate:g} is above the {SERVER_RATE:g} messages/s a server allows "
              "each connection by default (MESSAGE_RATE): expect refused messages")
-    try:
-        urls = tuple(args.url or [default_url()])
-    except argparse.ArgumentTypeError as exc:
-        parser.error(f"CHAT_URL: {exc}")
     return Plan(urls=urls, clients=args.clients,
                 rooms=args.rooms, senders=args.senders, rate=args.rate,
                 duration=args.duration, warmup=args.warmup, processes=args.processes,
                 run_id=secrets.token_hex(3), drain=args.drain,
-                connect_timeout=args.connect_timeout, full_clients=args.full_clients)
+                connect_timeout=args.connect_timeout, full_clients=args.full_clients,
+                spread=args.spread)
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,7 @@ class Plan:
     drain: float = 3.0
     connect_timeout: float = 30.0
     full_clients: bool = False
+    spread: int = 0  # URLs each room's members are put on (0: all)
 
     def room_index(self, client: int) -> int:
         return client % self.rooms
@@ -52,8 +53,13 @@ class Plan:
     def url(self, client: int) -> str:
         # Consecutive clients fill the rooms first, so members of one room
         # are spread over the URLs (plain ``client % len(urls)`` would put a
-        # room wholly on one replica whenever rooms == URLs).
-        return self.urls[(client // self.rooms) % len(self.urls)]
+        # room wholly on one replica whenever rooms == URLs).  With
+        # ``spread`` k, room r's members take URLs r, r+1 ... r+k-1 in turn:
+        # many small rooms, each on a few neighbouring replicas.
+        member = client // self.rooms
+        if self.spread:
+            return self.urls[(self.room_index(client) + member % self.spread) % len(self.urls)]
+        return self.urls[member % len(self.urls)]
 
     def worker(self, client: int) -> int:
         return client % self.processes
@@ -190,6 +196,7 @@ def build_report(plan: Plan, tally: Tally, window: float, wall: float,
         "clients": plan.clients,
         "rooms": plan.rooms,
         "members_per_room": {"min": min(members), "max": max(members)},
+        "spread": plan.spread,
         "senders": plan.senders,
         "rate_per_sender": plan.rate,
         "warmup_s": plan.warmup,
