@@ -15,6 +15,11 @@ Who tells the room that someone left:
   of the rooms it has members in, in one Lua script, so each expired entry
   is removed (and announced) by exactly one replica.
 
+A refresh writes a snapshot of this replica's entries; whoever leaves while
+that write is on its way would be written back (and announced as leaving a
+second time when the entry expires), so after each room's write the refresh
+removes again the entries of members who are no longer there.
+
 Changes go to the room as ``presence`` events, ``{room, joined, left,
 count}``, where ``joined`` and ``left`` are lists of ``{id, name}``, to be
 applied in that order.  A replica sends the first change after a quiet
@@ -224,11 +229,17 @@ class Presence:
     async def refresh(self) -> None:
         """Extend our entries' lives, and retire everyone else's dead ones."""
         now = time.time()
-        rooms: dict[str, list[str]] = {}
+        rooms: dict[str, dict[str, str]] = {}
         for pid, (room, name) in list(self.local.items()):
-            rooms.setdefault(room, []).append(entry(pid, name))
+            rooms.setdefault(room, {})[pid] = entry(pid, name)
         for room, entries in rooms.items():
-            await self.store.add(room, entries, now + self.ttl)
+            await self.store.add(room, list(entries.values()), now + self.ttl)
+            # Whoever left (or moved) since the snapshot was just written
+            # back by that add, which may even have reached Redis after the
+            # departure's removal: remove them again, now that the add is done.
+            for pid, stale in entries.items():
+                if self.local.get(pid, (None,))[0] != room:
+                    await self.store.remove(room, stale)
             gone = [person(e) for e in await self.store.expire(room, now)]
             if gone:
                 self.log.info("presence: %d expired in %r (a replica stopped refreshing)",

@@ -142,3 +142,75 @@ async def test_a_session_closed_while_connecting_leaves_no_ghost(
         answer = await witness.sio.call("presence", {})
         assert [p["name"] for p in answer["presence"]] == [witness.name]
         await witness.sio.disconnect()
+
+
+async def websocket_visit(session: aiohttp.ClientSession, url: str, name: str,
+                          room: str) -> str:
+    """Connect over a raw WebSocket, wait for the welcome, leave; return the
+    presence id the welcome gave."""
+    async with session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket") as ws:
+        await ws.receive()  # Engine.IO OPEN
+        await ws.send_str(auth_packet(name, room))
+        async for frame in ws:
+            if frame.type is not aiohttp.WSMsgType.TEXT:
+                break
+            if frame.data.startswith('42["welcome"'):
+                return json.loads(frame.data[2:])[1]["id"]
+            if frame.data.startswith("44"):
+                raise AssertionError(f"refused: {frame.data}")
+    raise AssertionError("no welcome")
+
+
+async def test_a_refresh_never_brings_back_someone_who_left(shared_clusters, connect, mode):
+    """Connect/disconnect cycles on every replica while each refreshes its
+    presence entries every third of a second: each departure is announced
+    once, and nobody who left is listed again (a written-back entry would
+    expire later and be announced as leaving a second time)."""
+    cluster = shared_clusters(replicas=3, mode=mode, proxy=False, env={"PRESENCE_TTL": "1"})
+    replicas = cluster.replicas
+    room = f"churn-{secrets.token_hex(3)}"
+    # Members in other rooms first: a refresh then writes those rooms before
+    # this one, which widens the time between its snapshot and its write.
+    for replica in replicas:
+        for i in range(8):
+            await connect(replica.url, f"calm{i}", room=f"{room}-calm{i}")
+    witness = await connect(replicas[0].url, "witness", room=room)
+    admin = redis.Redis.from_url(cluster.redis_url)
+    seen_after_leaving: set[str] = set()
+    left: set[str] = set()
+
+    async def watch():
+        while True:
+            for raw in admin.zrange(presence_key(room), 0, -1):
+                pid = json.loads(raw)[0]
+                if pid in left:
+                    seen_after_leaving.add(pid)
+            await asyncio.sleep(0.02)
+
+    async def churn(worker: int, cycles: int):
+        async with aiohttp.ClientSession() as session:
+            for i in range(cycles):
+                url = replicas[(worker + i) % len(replicas)].url
+                pid = await websocket_visit(session, url, f"c{worker}-{i}", room)
+                await asyncio.sleep(0.3)  # the disconnect handler has run by now
+                left.add(pid)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.gather(*(churn(w, 40) for w in range(12)))
+        await asyncio.sleep(2.5)  # a written-back entry lives one TTL, then expires
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        in_redis = admin.zcard(presence_key(room))
+        admin.close()
+    lefts: dict[str, int] = {}
+    for event in witness.presence:
+        for p in event["left"]:
+            lefts[p["id"]] = lefts.get(p["id"], 0) + 1
+    twice = sorted(pid for pid, n in lefts.items() if n > 1)
+    print(f"\n{mode}: {len(left)} cycles; {len(seen_after_leaving)} listed after leaving, "
+          f"{len(twice)} announced as leaving twice")
+    assert not seen_after_leaving
+    assert not twice
+    assert in_redis == 1  # the witness
