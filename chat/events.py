@@ -58,6 +58,7 @@ from .protocol import (
     room_of,
     typing_flag,
 )
+from .rooms import RoomGate
 from .settings import Settings
 
 LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
@@ -78,6 +79,7 @@ class Client:
     name: str
     room: str
     pid: str  # presence id: names this connection to other users, unlike the sid
+    address: str  # who to count its new rooms against (rooms.py)
     messages: TokenBucket
     typing: TokenBucket
 
@@ -98,6 +100,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.storage_log = logger.getChild("storage")
         if not any(isinstance(f, Throttle) for f in self.storage_log.filters):
             self.storage_log.addFilter(Throttle(interval=5.0))
+        self.rooms = RoomGate(settings.rooms_per_minute, settings.max_rooms,
+                              occupied=presence.occupancy.__contains__,
+                              live=presence.occupancy.__len__)
 
     async def trigger_event(self, event, *args):
         """Route an event, refusing names the protocol does not define.
@@ -133,14 +138,16 @@ class ChatNamespace(socketio.AsyncNamespace):
         return refusal(f"unknown event {str(event)[:40]!r}")
 
     async def on_connect(self, sid, environ, auth=None):
+        address = _address(environ)
         try:
             name, room, resume = parse_auth(auth)
+            self.rooms.admit(address, room)
         except ProtocolError as exc:
-            self.log.info("refused %s from %s: %s", sid, _address(environ), exc)
+            self.log.info("refused %s from %s: %s", sid, address, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         s = self.settings
         client = Client(
-            name=name, room=room, pid=secrets.token_hex(6),
+            name=name, room=room, pid=secrets.token_hex(6), address=address,
             messages=TokenBucket(s.message_rate, s.message_burst),
             typing=TokenBucket(5.0, 10),
         )
@@ -153,7 +160,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.clients[sid] = client
         self.metrics.connected.inc()
         self.log.info("connect %s name=%r room=%r from %s%s", sid, name, room,
-                      _address(environ), " (resuming)" if resume else "")
+                      address, " (resuming)" if resume else "")
 
     async def _enter(self, sid, client: Client, room: str, resume) -> dict:
         """Put ``client`` in ``room`` and send it the room's welcome.
@@ -270,6 +277,8 @@ class ChatNamespace(socketio.AsyncNamespace):
                 raise ProtocolError(TOO_MANY)
             room = room_of(payload)
             resume = parse_resume(payload.get("resume")) if isinstance(payload, dict) else None
+            if room != client.room:
+                self.rooms.admit(client.address, room)
         except ProtocolError as exc:
             return refusal(str(exc))
         old = client.room
@@ -277,7 +286,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             return {"ok": True, "room": room}
         await self.leave_room(sid, old)
         await self.presence.leave(client.pid)
-        state = await self._enter(sid, client, room, resume)
+        try:
+            state = await self._enter(sid, client, room, resume)
+        except Exception:
+            # Back where it was, so that the refusal below is the whole truth.
+            self.log.exception("join %s %r -> %r failed", sid, old, room)
+            await self.leave_room(sid, room)
+            await self.presence.leave(client.pid)
+            await self._enter(sid, client, old, None)
+            return refusal(f"could not join {room!r}: you are still in {old!r}")
         self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
         return {"ok": True, "room": room, **state}
 

@@ -214,3 +214,140 @@ async def test_a_refresh_never_brings_back_someone_who_left(shared_clusters, con
     assert not seen_after_leaving
     assert not twice
     assert in_redis == 1  # the witness
+
+
+async def test_a_room_named_after_a_sid_is_refused_and_the_client_stays(
+        shared_clusters, connect, mode):
+    """python-socketio puts each sid in a room of that name: joining it would
+    deliver into that client's private room (on another replica) or fail
+    halfway (on the same one).  Such names are refused before the client
+    leaves its room; a refused join, for any reason, leaves it where it was."""
+    from conftest import ChatClient
+
+    replicas = shared_clusters(replicas=3, mode=mode, proxy=False, env=ENV).replicas
+    room = f"stay-{secrets.token_hex(3)}"
+    victim = await connect(replicas[1].url, "victim", room=f"{room}-v")
+    witness = await connect(replicas[2].url, "witness", room=room)
+    target = victim.welcome["sid"]
+    for replica in (replicas[0], replicas[1]):  # another replica, and the victim's
+        mallory = await connect(replica.url, f"mallory-{replica.server_id}", room=room)
+        ack = await mallory.sio.call("join", {"room": target}, timeout=5)
+        assert ack["ok"] is False and "reserved" in ack["error"]
+        ack = await mallory.send(f"for {target}?")
+        assert ack["ok"] is True  # sent to the room it is still in
+        await witness.wait_for(lambda m=mallory: f"for {target}?" in witness.texts()
+                               and len(witness.messages) == 1)
+        answer = await mallory.sio.call("presence", {})
+        assert answer["room"] == room
+        assert sorted(p["name"] for p in answer["presence"]) == sorted(
+            [mallory.name, "witness"])
+        await mallory.sio.disconnect()
+        witness.messages.clear()
+    assert (await victim.send("barrier"))["ok"]
+    await victim.wait_for(lambda: "barrier" in victim.texts())
+    assert victim.texts() == ["barrier"]
+
+    refused = ChatClient("mallory")
+    with pytest.raises(Exception):  # noqa: B017 (socketio's ConnectionError)
+        await refused.connect(replicas[0].url, room=target)
+    assert "reserved" in refused.refusal["message"]
+
+
+async def refused_reason(url: str, room: str) -> str | None:
+    """Connect with ``room``; the connect_error's message, or None if let in."""
+    from conftest import ChatClient
+
+    client = ChatClient("roomer")
+    try:
+        await client.connect(url, room=room)
+    except Exception:  # socketio's ConnectionError
+        return (client.refusal or {}).get("message", "no reason")
+    await client.sio.disconnect()
+    return None
+
+
+async def stays_in(client, room: str) -> None:
+    """``client`` is in ``room``: listed there, and its message goes there."""
+    answer = await client.sio.call("presence", {})
+    assert answer["room"] == room
+    assert client.name in [p["name"] for p in answer["presence"]]
+    ack = await client.send("still here")
+    assert ack["ok"] is True
+    await client.wait_for(lambda: any(m["text"] == "still here" and m["room"] == room
+                                      for m in client.messages))
+
+
+async def test_new_rooms_cost_a_token_per_address_and_replica(shared_clusters, connect):
+    replicas = shared_clusters(replicas=2, mode="pubsub", proxy=False,
+                               env={"ROOMS_PER_MINUTE": "4"}).replicas
+    tag = secrets.token_hex(3)
+    home = await connect(replicas[0].url, "home", room=f"{tag}-0")  # the first new room
+    for i in range(1, 4):
+        assert await refused_reason(replicas[0].url, f"{tag}-{i}") is None
+    reason = await refused_reason(replicas[0].url, f"{tag}-4")
+    assert reason is not None and "too many new rooms" in reason
+    ack = await home.sio.call("join", {"room": f"{tag}-5"}, timeout=5)
+    assert ack["ok"] is False and "too many new rooms" in ack["error"]
+    await stays_in(home, f"{tag}-0")
+    # Rooms entered within the minute cost nothing again (reconnections).
+    assert await refused_reason(replicas[0].url, f"{tag}-1") is None
+    ack = await home.sio.call("join", {"room": f"{tag}-2"}, timeout=5)
+    assert ack["ok"] is True
+    # Counted per replica: the other one has its own allowance.
+    assert await refused_reason(replicas[1].url, f"{tag}-6") is None
+
+
+async def test_live_rooms_are_capped_per_replica(shared_clusters, connect):
+    replica = shared_clusters(replicas=1, mode="pubsub", proxy=False,
+                              env={"MAX_ROOMS": "3"}).replicas[0]
+    tag = secrets.token_hex(3)
+    first = await connect(replica.url, "first", room=f"{tag}-a")
+    await connect(replica.url, "second", room=f"{tag}-b")
+    third = await connect(replica.url, "third", room=f"{tag}-c")
+    reason = await refused_reason(replica.url, f"{tag}-d")
+    assert reason is not None and "too many rooms" in reason
+    ack = await first.sio.call("join", {"room": f"{tag}-d"}, timeout=5)
+    assert ack["ok"] is False and "too many rooms" in ack["error"]
+    await stays_in(first, f"{tag}-a")
+    # A room that has people here may always be entered.
+    assert await refused_reason(replica.url, f"{tag}-b") is None
+    # A room nobody is in any more no longer counts.
+    await third.sio.disconnect()
+    assert await refused_reason(replica.url, f"{tag}-d") is None
+
+
+def room_keys(admin, room: str) -> dict[str, tuple[int, int]]:
+    """Each existing key of ``room``: (MEMORY USAGE bytes, TTL in seconds)."""
+    out = {}
+    for kind in ("meta", "log", "presence"):
+        key = f"chat:messages:room:{room}:{kind}"
+        if admin.exists(key):
+            out[kind] = (admin.memory_usage(key, samples=0), admin.ttl(key))
+    return out
+
+
+async def test_a_room_without_messages_leaves_nothing_lasting(shared_clusters, connect, mode):
+    from chat.history import EMPTY_EXPIRY_MS, IDLE_EXPIRY_MS
+
+    cluster = shared_clusters(replicas=3, mode=mode, proxy=False, env=ENV)
+    room = f"empty-{secrets.token_hex(3)}"
+    admin = redis.Redis.from_url(cluster.redis_url)
+    try:
+        visitor = await connect(cluster.replicas[0].url, "visitor", room=room)
+        empty = room_keys(admin, room)
+        assert set(empty) == {"meta", "presence"}
+        assert 0 < empty["meta"][1] <= EMPTY_EXPIRY_MS / 1000
+        assert 0 < empty["presence"][1] <= 3 * TTL
+        assert (await visitor.send("x" * 100))["ok"]
+        written = room_keys(admin, room)
+        for kind in ("meta", "log"):
+            assert written[kind][1] > EMPTY_EXPIRY_MS / 1000
+            assert written[kind][1] <= IDLE_EXPIRY_MS / 1000
+        await visitor.sio.disconnect()
+        await settle(lambda: "presence" not in room_keys(admin, room))
+        left = room_keys(admin, room)
+    finally:
+        admin.close()
+    print(f"\n{mode}: room keys (bytes, ttl s): empty {empty}; one message {written}; "
+          f"after leaving {left}")
+    assert set(left) == {"meta", "log"}
