@@ -342,7 +342,10 @@ def never_connected(exc: BaseException) -> bool:
     redis-py words connection failures "Error <errno> connecting to <host>"
     and "Timeout connecting to server"; a failure on an open connection
     (reading, writing) is worded otherwise and may follow a sent command.
+    A full connection pool (``backplane.base.BoundedPool``) sends nothing.
     """
+    if isinstance(exc, rx.MaxConnectionsError):  # the pool had no connection to give
+        return True
     return isinstance(exc, rx.ConnectionError | rx.TimeoutError) and "connecting to" in str(exc)
 
 

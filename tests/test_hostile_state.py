@@ -351,3 +351,71 @@ async def test_a_room_without_messages_leaves_nothing_lasting(shared_clusters, c
     print(f"\n{mode}: room keys (bytes, ttl s): empty {empty}; one message {written}; "
           f"after leaving {left}")
     assert set(left) == {"meta", "log"}
+
+
+def connections_by_replica(admin, replicas) -> dict[str, int]:
+    """Redis connections per replica, by the client names the replicas use."""
+    clients = admin.client_list()
+    return {r.server_id: sum(c.get("name", "").startswith(f"chat:{r.server_id}:")
+                             for c in clients) for r in replicas}
+
+
+POOL = 4
+
+
+async def test_redis_connections_per_replica_are_bounded(shared_clusters, mode):
+    cluster = shared_clusters(replicas=3, mode=mode, proxy=False,
+                              env={"REDIS_MAX_CONNECTIONS": str(POOL)})
+    replicas = cluster.replicas
+    room = f"pool-{secrets.token_hex(3)}"
+    admin = redis.Redis.from_url(cluster.redis_url)
+    peak = {r.server_id: 0 for r in replicas}
+
+    async def watch():
+        while True:
+            for name, count in connections_by_replica(admin, replicas).items():
+                peak[name] = max(peak[name], count)
+            await asyncio.sleep(0.05)
+
+    async def visits(worker: int):
+        async with aiohttp.ClientSession() as session:
+            for i in range(10):
+                await websocket_visit(session, replicas[(worker + i) % 3].url,
+                                      f"p{worker}-{i}", room)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        # 300 connects, 30 at a time; each is a few Redis round trips.
+        results = await asyncio.gather(*(visits(w) for w in range(30)),
+                                       return_exceptions=True)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        after = connections_by_replica(admin, replicas)
+        admin.close()
+    print(f"\n{mode}: Redis connections per replica, peak {peak}, after {after} "
+          f"(REDIS_MAX_CONNECTIONS={POOL}: two pools per replica)")
+    assert [r for r in results if r is not None] == []  # every connect welcomed
+    assert all(0 < n <= 2 * POOL for n in peak.values()), peak
+
+
+async def test_an_exhausted_pool_says_so(cluster_factory, connect, mode):
+    cluster = cluster_factory(replicas=1, mode=mode, proxy=False,
+                              env={"REDIS_MAX_CONNECTIONS": str(POOL)})
+    replica = cluster.replicas[0]
+    clients = [await connect(replica.url, f"w{i}") for i in range(30)]
+    admin = redis.Redis.from_url(cluster.redis_url)
+    try:
+        # Redis stalls: the pool's connections stay busy, the rest must wait.
+        admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        acks = await asyncio.gather(*(c.send("in the stall", timeout=10) for c in clients))
+    finally:
+        admin.close()
+    log = (cluster.logs / f"{replica.server_id}.log").read_text()
+    lines = [line for line in log.splitlines() if "Redis pool exhausted" in line]
+    print(f"\n{mode}: {sum(not a['ok'] for a in acks)} of {len(acks)} refused; "
+          f"pool lines: {lines[:1]}")
+    assert all(a["ok"] is False for a in acks)
+    assert 1 <= len(lines) <= 2
+    assert f"all {POOL} Redis connections" in lines[0]
+    assert "Traceback" not in log
