@@ -419,3 +419,41 @@ async def test_an_exhausted_pool_says_so(cluster_factory, connect, mode):
     assert 1 <= len(lines) <= 2
     assert f"all {POOL} Redis connections" in lines[0]
     assert "Traceback" not in log
+
+
+def test_every_sid_the_library_makes_is_a_reserved_room_name():
+    """The rule in chat/protocol.py matches the ids Engine.IO generates (a
+    library that changed its ids would fail here, not in production)."""
+    import engineio
+
+    from chat.protocol import ProtocolError, clean_room
+
+    server = engineio.AsyncServer()
+    for _ in range(2000):
+        with pytest.raises(ProtocolError, match="reserved"):
+            clean_room(server.generate_id())
+    assert clean_room("engineering") == "engineering"
+
+
+def test_the_room_gate_counts_distinct_rooms_per_address_within_a_minute():
+    from chat.protocol import ProtocolError
+    from chat.rooms import MAX_ADDRESSES, RoomGate
+
+    live: set[str] = set()
+    gate = RoomGate(2, 3, occupied=live.__contains__, live=live.__len__)
+    gate.admit("a", "r1", now=0)
+    gate.admit("a", "r2", now=1)
+    gate.admit("a", "r1", now=2)  # again within the minute: free
+    with pytest.raises(ProtocolError, match="new rooms"):
+        gate.admit("a", "r3", now=3)
+    gate.admit("b", "r3", now=3)  # another address
+    gate.admit("a", "r3", now=61.5)  # r2's minute is over (r1's was renewed at 2)
+    with pytest.raises(ProtocolError, match="new rooms"):
+        gate.admit("a", "r4", now=61.5)
+    live.update({"x", "y", "z"})
+    with pytest.raises(ProtocolError, match="too many rooms"):
+        gate.admit("c", "new", now=63)
+    gate.admit("c", "x", now=63)  # it has members: always open
+    for i in range(MAX_ADDRESSES + 10):
+        gate.admit(f"10.0.{i}", "x", now=64)
+    assert len(gate.recent) == MAX_ADDRESSES
