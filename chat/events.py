@@ -7,7 +7,8 @@ this process or crosses Redis to the other replicas.
 Events (namespace ``/``; README.md has the full table):
 
 * connect with ``auth={"name", "room", "resume"?}``; refused with a reason
-  otherwise.
+  otherwise, also when the room is reserved or over the room limits
+  (``rooms.py``).
 * server -> client ``welcome``: the room's recent history (or, with
   ``resume``, exactly what the client missed, or a ``gap`` saying why not),
   who is in the room, and the client's replica.  Sent again after a ``join``.
@@ -15,6 +16,8 @@ Events (namespace ``/``; README.md has the full table):
   (which numbers it), then relayed; ack ``{"ok": true, "id", "seq"}`` or
   ``{"ok": false, "error"}``; the room receives ``message``.
 * client -> server ``join`` ``{"room"}``; ack ``{"ok", "room", "history", ...}``.
+  Every check (rate limit, name, room limits) comes before the client
+  leaves its room, so a refused join leaves it where it was.
 * client -> server ``history`` ``{"after": seq}``: the messages after ``seq``.
 * client -> server ``presence``: the room's members on every replica.
 * client -> server ``typing`` ``{"typing": bool}``; relayed to the room.

@@ -1,19 +1,18 @@
 """Attacks by one client on the chat's state (issue 12), against real replicas.
 
 Each test plays the attacker with raw HTTP/WebSocket where the Socket.IO
-client would be too polite, against replica processes and a real Redis, then
-looks for what the attack left behind: clients still counted by ``/healthz``,
-presence entries (local and in Redis), rooms and keys, Redis connections.
+client would be too polite, against replica processes and a real Redis
+(both modes), then looks for what the attack left behind:
 
 * ghosts: a session closed while its connect handler still runs (Engine.IO
   CLOSE posted with the Socket.IO CONNECT, or the TCP connection dropped
-  right after the CONNECT) must leave nothing behind;
-* rooms: entering rooms costs tokens, their number is capped, and the Redis
-  keys of a room that never had a message go away quickly;
-* the Redis connection pool is bounded;
-* reserved room names (Socket.IO sids) are refused, and a failed join
-  leaves the client where it was;
-* a departure is never undone by a concurrent presence refresh.
+  right after the CONNECT) must leave no client counted by ``/healthz``, no
+  presence entry (local or in Redis), no room membership;
+* a departure is never undone by a concurrent presence refresh;
+* reserved room names (Socket.IO sids) are refused, and a refused join
+  leaves the client where it was.
+
+Rooms and Redis resources are in ``test_hostile_rooms.py``.
 """
 
 from __future__ import annotations
@@ -21,65 +20,25 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import urllib.request
 
 import aiohttp
 import pytest
 import redis
+from hostile import (
+    ENV,
+    TTL,
+    connected_gauge,
+    health,
+    polling_connect_and_close,
+    presence_key,
+    settle,
+    websocket_connect_and_drop,
+    websocket_visit,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.hostile]
 
-TTL = 3.0
-ENV = {"PRESENCE_TTL": str(TTL)}
 ATTEMPTS = 100
-
-
-def health(replica) -> dict:
-    with urllib.request.urlopen(f"{replica.url}/healthz", timeout=5) as response:
-        return json.loads(response.read())
-
-
-def connected_gauge(replica) -> float:
-    with urllib.request.urlopen(f"{replica.url}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("chat_connected_clients{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no chat_connected_clients in /metrics")
-
-
-def presence_key(room: str) -> str:
-    return f"chat:messages:room:{room}:presence"
-
-
-def auth_packet(name: str, room: str) -> str:
-    """An Engine.IO MESSAGE carrying a Socket.IO CONNECT with ``auth``."""
-    return "40" + json.dumps({"name": name, "room": room})
-
-
-async def polling_connect_and_close(session: aiohttp.ClientSession, url: str,
-                                    name: str, room: str) -> None:
-    """Open a long-polling session, then POST CONNECT and CLOSE at once."""
-    base = f"{url}/socket.io/?EIO=4&transport=polling"
-    async with session.get(base) as response:
-        opened = await response.text()
-    sid = json.loads(opened[1:])["sid"]
-    target = f"{base}&sid={sid}"
-
-    async def post(body: str):
-        async with session.post(target, data=body.encode()) as response:
-            await response.read()
-
-    await asyncio.gather(post(auth_packet(name, room)), post("1"), return_exceptions=True)
-
-
-async def websocket_connect_and_drop(session: aiohttp.ClientSession, url: str,
-                                     name: str, room: str) -> None:
-    """Open a WebSocket session, send CONNECT, and drop the TCP connection."""
-    ws = await session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket")
-    await ws.receive()  # Engine.IO OPEN
-    await ws.send_str(auth_packet(name, room))
-    ws._response.connection.transport.abort()  # no close frame: the TCP just goes
-    await ws.close()
 
 
 async def attack(replicas, how, room: str, attempts: int = ATTEMPTS) -> None:
@@ -89,16 +48,6 @@ async def attack(replicas, how, room: str, attempts: int = ATTEMPTS) -> None:
         await asyncio.gather(*(
             how(session, replicas[i % len(replicas)].url, f"{room}-{i}", room)
             for i in range(attempts)), return_exceptions=True)
-
-
-async def settle(predicate, timeout: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
 
 
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
@@ -142,23 +91,6 @@ async def test_a_session_closed_while_connecting_leaves_no_ghost(
         answer = await witness.sio.call("presence", {})
         assert [p["name"] for p in answer["presence"]] == [witness.name]
         await witness.sio.disconnect()
-
-
-async def websocket_visit(session: aiohttp.ClientSession, url: str, name: str,
-                          room: str) -> str:
-    """Connect over a raw WebSocket, wait for the welcome, leave; return the
-    presence id the welcome gave."""
-    async with session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket") as ws:
-        await ws.receive()  # Engine.IO OPEN
-        await ws.send_str(auth_packet(name, room))
-        async for frame in ws:
-            if frame.type is not aiohttp.WSMsgType.TEXT:
-                break
-            if frame.data.startswith('42["welcome"'):
-                return json.loads(frame.data[2:])[1]["id"]
-            if frame.data.startswith("44"):
-                raise AssertionError(f"refused: {frame.data}")
-    raise AssertionError("no welcome")
 
 
 async def test_a_refresh_never_brings_back_someone_who_left(shared_clusters, connect, mode):
@@ -253,174 +185,6 @@ async def test_a_room_named_after_a_sid_is_refused_and_the_client_stays(
     assert "reserved" in refused.refusal["message"]
 
 
-async def refused_reason(url: str, room: str) -> str | None:
-    """Connect with ``room``; the connect_error's message, or None if let in."""
-    from conftest import ChatClient
-
-    client = ChatClient("roomer")
-    try:
-        await client.connect(url, room=room)
-    except Exception:  # socketio's ConnectionError
-        return (client.refusal or {}).get("message", "no reason")
-    await client.sio.disconnect()
-    return None
-
-
-async def stays_in(client, room: str) -> None:
-    """``client`` is in ``room``: listed there, and its message goes there."""
-    answer = await client.sio.call("presence", {})
-    assert answer["room"] == room
-    assert client.name in [p["name"] for p in answer["presence"]]
-    ack = await client.send("still here")
-    assert ack["ok"] is True
-    await client.wait_for(lambda: any(m["text"] == "still here" and m["room"] == room
-                                      for m in client.messages))
-
-
-async def test_new_rooms_cost_a_token_per_address_and_replica(shared_clusters, connect):
-    replicas = shared_clusters(replicas=2, mode="pubsub", proxy=False,
-                               env={"ROOMS_PER_MINUTE": "4"}).replicas
-    tag = secrets.token_hex(3)
-    home = await connect(replicas[0].url, "home", room=f"{tag}-0")  # the first new room
-    for i in range(1, 4):
-        assert await refused_reason(replicas[0].url, f"{tag}-{i}") is None
-    reason = await refused_reason(replicas[0].url, f"{tag}-4")
-    assert reason is not None and "too many new rooms" in reason
-    ack = await home.sio.call("join", {"room": f"{tag}-5"}, timeout=5)
-    assert ack["ok"] is False and "too many new rooms" in ack["error"]
-    await stays_in(home, f"{tag}-0")
-    # Rooms entered within the minute cost nothing again (reconnections).
-    assert await refused_reason(replicas[0].url, f"{tag}-1") is None
-    ack = await home.sio.call("join", {"room": f"{tag}-2"}, timeout=5)
-    assert ack["ok"] is True
-    # Counted per replica: the other one has its own allowance.
-    assert await refused_reason(replicas[1].url, f"{tag}-6") is None
-
-
-async def test_live_rooms_are_capped_per_replica(shared_clusters, connect):
-    replica = shared_clusters(replicas=1, mode="pubsub", proxy=False,
-                              env={"MAX_ROOMS": "3"}).replicas[0]
-    tag = secrets.token_hex(3)
-    first = await connect(replica.url, "first", room=f"{tag}-a")
-    await connect(replica.url, "second", room=f"{tag}-b")
-    third = await connect(replica.url, "third", room=f"{tag}-c")
-    reason = await refused_reason(replica.url, f"{tag}-d")
-    assert reason is not None and "too many rooms" in reason
-    ack = await first.sio.call("join", {"room": f"{tag}-d"}, timeout=5)
-    assert ack["ok"] is False and "too many rooms" in ack["error"]
-    await stays_in(first, f"{tag}-a")
-    # A room that has people here may always be entered.
-    assert await refused_reason(replica.url, f"{tag}-b") is None
-    # A room nobody is in any more no longer counts.
-    await third.sio.disconnect()
-    assert await refused_reason(replica.url, f"{tag}-d") is None
-
-
-def room_keys(admin, room: str) -> dict[str, tuple[int, int]]:
-    """Each existing key of ``room``: (MEMORY USAGE bytes, TTL in seconds)."""
-    out = {}
-    for kind in ("meta", "log", "presence"):
-        key = f"chat:messages:room:{room}:{kind}"
-        if admin.exists(key):
-            out[kind] = (admin.memory_usage(key, samples=0), admin.ttl(key))
-    return out
-
-
-async def test_a_room_without_messages_leaves_nothing_lasting(shared_clusters, connect, mode):
-    from chat.history import EMPTY_EXPIRY_MS, IDLE_EXPIRY_MS
-
-    cluster = shared_clusters(replicas=3, mode=mode, proxy=False, env=ENV)
-    room = f"empty-{secrets.token_hex(3)}"
-    admin = redis.Redis.from_url(cluster.redis_url)
-    try:
-        visitor = await connect(cluster.replicas[0].url, "visitor", room=room)
-        empty = room_keys(admin, room)
-        assert set(empty) == {"meta", "presence"}
-        assert 0 < empty["meta"][1] <= EMPTY_EXPIRY_MS / 1000
-        assert 0 < empty["presence"][1] <= 3 * TTL
-        assert (await visitor.send("x" * 100))["ok"]
-        written = room_keys(admin, room)
-        for kind in ("meta", "log"):
-            assert written[kind][1] > EMPTY_EXPIRY_MS / 1000
-            assert written[kind][1] <= IDLE_EXPIRY_MS / 1000
-        await visitor.sio.disconnect()
-        await settle(lambda: "presence" not in room_keys(admin, room))
-        left = room_keys(admin, room)
-    finally:
-        admin.close()
-    print(f"\n{mode}: room keys (bytes, ttl s): empty {empty}; one message {written}; "
-          f"after leaving {left}")
-    assert set(left) == {"meta", "log"}
-
-
-def connections_by_replica(admin, replicas) -> dict[str, int]:
-    """Redis connections per replica, by the client names the replicas use."""
-    clients = admin.client_list()
-    return {r.server_id: sum(c.get("name", "").startswith(f"chat:{r.server_id}:")
-                             for c in clients) for r in replicas}
-
-
-POOL = 4
-
-
-async def test_redis_connections_per_replica_are_bounded(shared_clusters, mode):
-    cluster = shared_clusters(replicas=3, mode=mode, proxy=False,
-                              env={"REDIS_MAX_CONNECTIONS": str(POOL)})
-    replicas = cluster.replicas
-    room = f"pool-{secrets.token_hex(3)}"
-    admin = redis.Redis.from_url(cluster.redis_url)
-    peak = {r.server_id: 0 for r in replicas}
-
-    async def watch():
-        while True:
-            for name, count in connections_by_replica(admin, replicas).items():
-                peak[name] = max(peak[name], count)
-            await asyncio.sleep(0.05)
-
-    async def visits(worker: int):
-        async with aiohttp.ClientSession() as session:
-            for i in range(10):
-                await websocket_visit(session, replicas[(worker + i) % 3].url,
-                                      f"p{worker}-{i}", room)
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        # 300 connects, 30 at a time; each is a few Redis round trips.
-        results = await asyncio.gather(*(visits(w) for w in range(30)),
-                                       return_exceptions=True)
-    finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        after = connections_by_replica(admin, replicas)
-        admin.close()
-    print(f"\n{mode}: Redis connections per replica, peak {peak}, after {after} "
-          f"(REDIS_MAX_CONNECTIONS={POOL}: two pools per replica)")
-    assert [r for r in results if r is not None] == []  # every connect welcomed
-    assert all(0 < n <= 2 * POOL for n in peak.values()), peak
-
-
-async def test_an_exhausted_pool_says_so(cluster_factory, connect, mode):
-    cluster = cluster_factory(replicas=1, mode=mode, proxy=False,
-                              env={"REDIS_MAX_CONNECTIONS": str(POOL)})
-    replica = cluster.replicas[0]
-    clients = [await connect(replica.url, f"w{i}") for i in range(30)]
-    admin = redis.Redis.from_url(cluster.redis_url)
-    try:
-        # Redis stalls: the pool's connections stay busy, the rest must wait.
-        admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
-        acks = await asyncio.gather(*(c.send("in the stall", timeout=10) for c in clients))
-    finally:
-        admin.close()
-    log = (cluster.logs / f"{replica.server_id}.log").read_text()
-    lines = [line for line in log.splitlines() if "Redis pool exhausted" in line]
-    print(f"\n{mode}: {sum(not a['ok'] for a in acks)} of {len(acks)} refused; "
-          f"pool lines: {lines[:1]}")
-    assert all(a["ok"] is False for a in acks)
-    assert 1 <= len(lines) <= 2
-    assert f"all {POOL} Redis connections" in lines[0]
-    assert "Traceback" not in log
-
-
 def test_every_sid_the_library_makes_is_a_reserved_room_name():
     """The rule in chat/protocol.py matches the ids Engine.IO generates (a
     library that changed its ids would fail here, not in production)."""
@@ -433,27 +197,3 @@ def test_every_sid_the_library_makes_is_a_reserved_room_name():
         with pytest.raises(ProtocolError, match="reserved"):
             clean_room(server.generate_id())
     assert clean_room("engineering") == "engineering"
-
-
-def test_the_room_gate_counts_distinct_rooms_per_address_within_a_minute():
-    from chat.protocol import ProtocolError
-    from chat.rooms import MAX_ADDRESSES, RoomGate
-
-    live: set[str] = set()
-    gate = RoomGate(2, 3, occupied=live.__contains__, live=live.__len__)
-    gate.admit("a", "r1", now=0)
-    gate.admit("a", "r2", now=1)
-    gate.admit("a", "r1", now=2)  # again within the minute: free
-    with pytest.raises(ProtocolError, match="new rooms"):
-        gate.admit("a", "r3", now=3)
-    gate.admit("b", "r3", now=3)  # another address
-    gate.admit("a", "r3", now=61.5)  # r2's minute is over (r1's was renewed at 2)
-    with pytest.raises(ProtocolError, match="new rooms"):
-        gate.admit("a", "r4", now=61.5)
-    live.update({"x", "y", "z"})
-    with pytest.raises(ProtocolError, match="too many rooms"):
-        gate.admit("c", "new", now=63)
-    gate.admit("c", "x", now=63)  # it has members: always open
-    for i in range(MAX_ADDRESSES + 10):
-        gate.admit(f"10.0.{i}", "x", now=64)
-    assert len(gate.recent) == MAX_ADDRESSES
