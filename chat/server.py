@@ -204,6 +204,20 @@ class ChatServer(socketio.AsyncServer):
             environ.clear()
             environ.update(kept)
 
+    def _gone(self, eio_sid) -> bool:
+        socket = self.eio.sockets.get(eio_sid)
+        return socket is None or socket.closed
+
+    async def _send_packet(self, eio_sid, pkt):
+        # A session that closed while connecting is still sent its welcome
+        # and CONNECT; Engine.IO would log a warning for each.
+        if not self._gone(eio_sid):
+            await super()._send_packet(eio_sid, pkt)
+
+    async def _send_eio_packet(self, eio_sid, eio_pkt):
+        if not self._gone(eio_sid):
+            await super()._send_eio_packet(eio_sid, eio_pkt)
+
     async def _disconnect_if_gone(self, eio_sid, namespace: str) -> None:
         """Run the disconnect path for a session that closed while connecting.
 
@@ -219,8 +233,7 @@ class ChatServer(socketio.AsyncServer):
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
             return  # refused, or already disconnected: nothing left
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is None or socket.closing or socket.closed:
+        if self._gone(eio_sid) or self.eio.sockets[eio_sid].closing:
             await self._handle_disconnect(eio_sid, namespace,
                                           self.reason.CLIENT_DISCONNECT)
 
