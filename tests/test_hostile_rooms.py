@@ -64,7 +64,7 @@ async def test_live_rooms_are_capped_per_replica(shared_clusters, connect):
 def room_keys(admin, room: str) -> dict[str, tuple[int, int]]:
     """Each existing key of ``room``: (MEMORY USAGE bytes, TTL in seconds)."""
     out = {}
-    for kind in ("meta", "log", "presence"):
+    for kind in ("meta", "log", "ids", "presence"):
         key = f"chat:messages:room:{room}:{kind}"
         if admin.exists(key):
             out[kind] = (admin.memory_usage(key, samples=0), admin.ttl(key))
@@ -85,7 +85,7 @@ async def test_a_room_without_messages_leaves_nothing_lasting(shared_clusters, c
         assert 0 < empty["presence"][1] <= 3 * TTL
         assert (await visitor.send("x" * 100))["ok"]
         written = room_keys(admin, room)
-        for kind in ("meta", "log"):
+        for kind in ("meta", "log", "ids"):
             assert written[kind][1] > EMPTY_EXPIRY_MS / 1000
             assert written[kind][1] <= IDLE_EXPIRY_MS / 1000
         await visitor.sio.disconnect()
@@ -95,7 +95,7 @@ async def test_a_room_without_messages_leaves_nothing_lasting(shared_clusters, c
         admin.close()
     print(f"\n{mode}: room keys (bytes, ttl s): empty {empty}; one message {written}; "
           f"after leaving {left}")
-    assert set(left) == {"meta", "log"}
+    assert set(left) == {"meta", "log", "ids"}
 
 
 def connections_by_replica(admin, replicas) -> dict[str, int]:
