@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -20,7 +19,7 @@ from redis.backoff import NoBackoff
 from . import jsonio
 from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS, SIO
 from .backplane import create_manager
-from .backplane.base import client_name, redis_options
+from .backplane.base import client_name, redis_client
 from .events import ChatNamespace
 from .history import MemoryHistory, RedisHistory
 from .logs import setup_logging
@@ -159,16 +158,16 @@ async def _cancel_ping_timers() -> None:
 
 def create_stores(settings: Settings):
     """The room history and the presence store: in Redis when there is one
-    (one connection pool for both), else in this process."""
+    (one connection pool for both, of at most REDIS_MAX_CONNECTIONS), else in
+    this process."""
     if settings.mode == "memory":
         return MemoryHistory(settings.history_length), MemoryStore()
-    options = redis_options(client_name(settings.server_id) + ":store")
     # No second attempt of a command on a fresh connection: a command that
     # failed on an open connection may have run, and an append run twice is
     # told apart only by its id.  A failure to connect means nothing was
     # sent, which is what lets a sender be told "not sent" (history.py).
-    options["retry"] = Retry(NoBackoff(), 0)
-    client = aioredis.Redis.from_url(settings.redis_url, **options)
+    client = redis_client(settings.redis_url, client_name(settings.server_id) + ":store",
+                          settings.redis_max_connections, retry=Retry(NoBackoff(), 0))
     return (RedisHistory(client, prefix=settings.redis_channel,
                          length=settings.history_length),
             RedisStore(client, prefix=settings.redis_channel, ttl=settings.presence_ttl))

@@ -7,7 +7,8 @@ this process or crosses Redis to the other replicas.
 Events (namespace ``/``; README.md has the full table):
 
 * connect with ``auth={"name", "room", "resume"?}``; refused with a reason
-  otherwise.
+  otherwise, also when the room is reserved or over the room limits
+  (``rooms.py``).
 * server -> client ``welcome``: the room's recent history (or, with
   ``resume``, exactly what the client missed, or a ``gap`` saying why not),
   who is in the room, and the client's replica.  Sent again after a ``join``.
@@ -15,6 +16,8 @@ Events (namespace ``/``; README.md has the full table):
   (which numbers it), then relayed; ack ``{"ok": true, "id", "seq"}`` or
   ``{"ok": false, "error"}``; the room receives ``message``.
 * client -> server ``join`` ``{"room"}``; ack ``{"ok", "room", "history", ...}``.
+  Every check (rate limit, name, room limits) comes before the client
+  leaves its room, so a refused join leaves it where it was.
 * client -> server ``history`` ``{"after": seq}``: the messages after ``seq``.
 * client -> server ``presence``: the room's members on every replica.
 * client -> server ``typing`` ``{"typing": bool}``; relayed to the room.
@@ -58,6 +61,7 @@ from .protocol import (
     room_of,
     typing_flag,
 )
+from .rooms import RoomGate
 from .settings import Settings
 
 LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
@@ -78,6 +82,7 @@ class Client:
     name: str
     room: str
     pid: str  # presence id: names this connection to other users, unlike the sid
+    address: str  # who to count its new rooms against (rooms.py)
     messages: TokenBucket
     typing: TokenBucket
 
@@ -98,6 +103,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.storage_log = logger.getChild("storage")
         if not any(isinstance(f, Throttle) for f in self.storage_log.filters):
             self.storage_log.addFilter(Throttle(interval=5.0))
+        self.rooms = RoomGate(settings.rooms_per_minute, settings.max_rooms,
+                              occupied=presence.occupancy.__contains__,
+                              live=presence.occupancy.__len__)
 
     async def trigger_event(self, event, *args):
         """Route an event, refusing names the protocol does not define.
@@ -133,14 +141,16 @@ class ChatNamespace(socketio.AsyncNamespace):
         return refusal(f"unknown event {str(event)[:40]!r}")
 
     async def on_connect(self, sid, environ, auth=None):
+        address = _address(environ)
         try:
             name, room, resume = parse_auth(auth)
+            self.rooms.admit(address, room)
         except ProtocolError as exc:
-            self.log.info("refused %s from %s: %s", sid, _address(environ), exc)
+            self.log.info("refused %s from %s: %s", sid, address, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         s = self.settings
         client = Client(
-            name=name, room=room, pid=secrets.token_hex(6),
+            name=name, room=room, pid=secrets.token_hex(6), address=address,
             messages=TokenBucket(s.message_rate, s.message_burst),
             typing=TokenBucket(5.0, 10),
         )
@@ -153,7 +163,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.clients[sid] = client
         self.metrics.connected.inc()
         self.log.info("connect %s name=%r room=%r from %s%s", sid, name, room,
-                      _address(environ), " (resuming)" if resume else "")
+                      address, " (resuming)" if resume else "")
 
     async def _enter(self, sid, client: Client, room: str, resume) -> dict:
         """Put ``client`` in ``room`` and send it the room's welcome.
@@ -270,6 +280,8 @@ class ChatNamespace(socketio.AsyncNamespace):
                 raise ProtocolError(TOO_MANY)
             room = room_of(payload)
             resume = parse_resume(payload.get("resume")) if isinstance(payload, dict) else None
+            if room != client.room:
+                self.rooms.admit(client.address, room)
         except ProtocolError as exc:
             return refusal(str(exc))
         old = client.room
@@ -277,7 +289,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             return {"ok": True, "room": room}
         await self.leave_room(sid, old)
         await self.presence.leave(client.pid)
-        state = await self._enter(sid, client, room, resume)
+        try:
+            state = await self._enter(sid, client, room, resume)
+        except Exception:
+            # Back where it was, so that the refusal below is the whole truth.
+            self.log.exception("join %s %r -> %r failed", sid, old, room)
+            await self.leave_room(sid, room)
+            await self.presence.leave(client.pid)
+            await self._enter(sid, client, old, None)
+            return refusal(f"could not join {room!r}: you are still in {old!r}")
         self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
         return {"ok": True, "room": room, **state}
 

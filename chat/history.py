@@ -24,7 +24,11 @@ Redis stay apart)::
     C:room:R:ids    zset   message id -> seq, for the messages the log holds
 
 All three expire after ``IDLE_EXPIRY`` without a message, so abandoned rooms
-do not stay in Redis forever.
+do not stay in Redis forever.  A room that never had a message has only its
+meta hash (created by the first read, so that the room has an epoch), and
+that expires ``EMPTY_EXPIRY`` after the last read or presence refresh: a
+client naming rooms it never writes in leaves nothing lasting behind.  The
+first message gives the room the full ``IDLE_EXPIRY``.
 
 **A message id is an idempotency key.**  A client names each message
 (``id``); storing a message whose id the room already holds stores nothing
@@ -62,6 +66,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import jsonio
 
 IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
+EMPTY_EXPIRY_MS = 10 * 60 * 1000  # a room without a message: 10 minutes after its last use
 
 # KEYS: meta, log, ids.  ARGV: a new epoch, length, message JSON, expiry
 # (ms), message id.  Returns {seq, epoch, 1 if the id was stored before}.
@@ -241,8 +246,7 @@ class RedisHistory:
         self._append = client.register_script(APPEND)
 
     def _keys(self, room: str) -> tuple[str, str]:
-        base = f"{self.prefix}:room:{room}"
-        return f"{base}:meta", f"{base}:log"
+        return meta_key(self.prefix, room), f"{self.prefix}:room:{room}:log"
 
     async def append(self, room: str, message: dict) -> dict:
         """Store ``message`` (which has an ``id``) and return it numbered;
@@ -272,11 +276,14 @@ class RedisHistory:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hsetnx(meta, "epoch", new_epoch())
-                pipe.pexpire(meta, IDLE_EXPIRY_MS, nx=True)
+                # A new room lives EMPTY_EXPIRY; each read extends an empty
+                # room's life (GT never shortens the history's IDLE_EXPIRY).
+                pipe.pexpire(meta, EMPTY_EXPIRY_MS, nx=True)
+                pipe.pexpire(meta, EMPTY_EXPIRY_MS, gt=True)
                 pipe.hmget(meta, "epoch", "seq")
                 if command is not None:
                     command(pipe, log)
-                _, _, (epoch, seq), *rest = await pipe.execute()
+                _, _, _, (epoch, seq), *rest = await pipe.execute()
         except (OSError, RedisError) as exc:
             raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
         epoch = as_text(epoch)
@@ -335,7 +342,10 @@ def never_connected(exc: BaseException) -> bool:
     redis-py words connection failures "Error <errno> connecting to <host>"
     and "Timeout connecting to server"; a failure on an open connection
     (reading, writing) is worded otherwise and may follow a sent command.
+    A full connection pool (``backplane.base.BoundedPool``) sends nothing.
     """
+    if isinstance(exc, rx.MaxConnectionsError):  # the pool had no connection to give
+        return True
     return isinstance(exc, rx.ConnectionError | rx.TimeoutError) and "connecting to" in str(exc)
 
 
@@ -346,6 +356,11 @@ def refusal_reason(exc: ResponseError) -> str:
     if isinstance(exc, rx.ReadOnlyError):
         return "Redis is a read-only replica"
     return f"Redis refused it ({str(exc)[:120]})"
+
+
+def meta_key(prefix: str, room: str) -> str:
+    """The key of a room's epoch and sequence counter."""
+    return f"{prefix}:room:{room}:meta"
 
 
 def as_text(value) -> str:

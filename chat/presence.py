@@ -5,7 +5,12 @@ sorted set ``C:room:R:presence``, scored by the time (ms) it expires.  The
 replica holding the connection refreshes the expiry of all its entries every
 ``PRESENCE_TTL / 3`` seconds, so entries of a replica that crashed stop
 being refreshed and expire.  ``id`` is a random tag per connection, not the
-Socket.IO sid: one person with two tabs is two entries with one name.
+Socket.IO sid: one person with two tabs is two entries with one name.  The
+set itself goes when its last entry does, or 3 x ``PRESENCE_TTL`` after the
+last refresh; the same refresh keeps the room's history meta hash alive while
+the room has members (``history.py``: an empty room's keys expire soon).
+``occupancy`` counts this replica's members per room, for the room limits
+(``rooms.py``).
 
 Who tells the room that someone left:
 
@@ -14,6 +19,11 @@ Who tells the room that someone left:
 * a crash: every replica, every refresh period, removes the expired entries
   of the rooms it has members in, in one Lua script, so each expired entry
   is removed (and announced) by exactly one replica.
+
+A refresh writes a snapshot of this replica's entries; whoever leaves while
+that write is on its way would be written back (and announced as leaving a
+second time when the entry expires), so after each room's write the refresh
+removes again the entries of members who are no longer there.
 
 Changes go to the room as ``presence`` events, ``{room, joined, left,
 count}``, where ``joined`` and ``left`` are lists of ``{id, name}``, to be
@@ -33,6 +43,7 @@ with the room's full count beside them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +51,7 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError
 
 from . import jsonio
-from .history import as_text
+from .history import EMPTY_EXPIRY_MS, as_text, meta_key
 
 BATCH = 0.25  # seconds of changes per room gathered into one presence event
 # The most entries a welcome or a presence answer lists.  Every member of a
@@ -85,6 +96,9 @@ class RedisStore:
         self.redis = client
         self.prefix = prefix
         self.key_ttl_ms = int(ttl * 3000)  # a room nobody refreshes goes away
+        # While a room has members, its meta hash (history.py) lives on even
+        # if nobody ever writes in it.
+        self.meta_ttl_ms = max(EMPTY_EXPIRY_MS, self.key_ttl_ms)
         self._expire = client.register_script(EXPIRE)
 
     def _key(self, room: str) -> str:
@@ -95,6 +109,7 @@ class RedisStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {entry: expires * 1000 for entry in entries})
             pipe.pexpire(key, self.key_ttl_ms)
+            pipe.pexpire(meta_key(self.prefix, room), self.meta_ttl_ms, gt=True)
             await pipe.execute()
 
     async def remove(self, room: str, entry: str) -> None:
@@ -135,6 +150,7 @@ class Presence:
         self.emit = emit  # emit(room, event): to the room on every replica
         self.log = logger
         self.local: dict[str, tuple[str, str]] = {}  # id -> (room, name), ours
+        self.occupancy: collections.Counter[str] = collections.Counter()  # room -> ours
         self._changes: dict[str, tuple[dict, dict]] = {}  # room -> (joined, left)
         self._flusher: asyncio.Task | None = None
         self._flushed_at = 0.0
@@ -142,16 +158,26 @@ class Presence:
 
     # -- changes made by this replica's clients ------------------------------
     async def enter(self, room: str, pid: str, name: str) -> None:
+        self._forget(pid)
         self.local[pid] = (room, name)
+        self.occupancy[room] += 1
         await self._quietly(self.store.add(room, [entry(pid, name)], time.time() + self.ttl))
         self._changed(room, joined={pid: name})
 
     async def leave(self, pid: str) -> None:
-        room, name = self.local.pop(pid, (None, None))
+        room, name = self._forget(pid)
         if room is None:
             return
         await self._quietly(self.store.remove(room, entry(pid, name)))
         self._changed(room, left={pid: name})
+
+    def _forget(self, pid: str) -> tuple[str | None, str | None]:
+        room, name = self.local.pop(pid, (None, None))
+        if room is not None:
+            self.occupancy[room] -= 1
+            if self.occupancy[room] <= 0:
+                del self.occupancy[room]
+        return room, name
 
     async def members(self, room: str) -> tuple[list[dict], int]:
         """Who is in ``room`` on any replica, at most ``LIST_MAX`` of them,
@@ -224,11 +250,17 @@ class Presence:
     async def refresh(self) -> None:
         """Extend our entries' lives, and retire everyone else's dead ones."""
         now = time.time()
-        rooms: dict[str, list[str]] = {}
+        rooms: dict[str, dict[str, str]] = {}
         for pid, (room, name) in list(self.local.items()):
-            rooms.setdefault(room, []).append(entry(pid, name))
+            rooms.setdefault(room, {})[pid] = entry(pid, name)
         for room, entries in rooms.items():
-            await self.store.add(room, entries, now + self.ttl)
+            await self.store.add(room, list(entries.values()), now + self.ttl)
+            # Whoever left (or moved) since the snapshot was just written
+            # back by that add, which may even have reached Redis after the
+            # departure's removal: remove them again, now that the add is done.
+            for pid, stale in entries.items():
+                if self.local.get(pid, (None,))[0] != room:
+                    await self.store.remove(room, stale)
             gone = [person(e) for e in await self.store.expire(room, now)]
             if gone:
                 self.log.info("presence: %d expired in %r (a replica stopped refreshing)",

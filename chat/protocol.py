@@ -20,6 +20,12 @@ MAX_EPOCH_LENGTH = 32
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # C0 controls but tab, line feed and carriage return; DEL; C1 controls.
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# python-socketio puts every connection in a room named after its sid (20
+# characters of base64url: Engine.IO's generate_id); a chat room of such a
+# name would deliver into, or fail to enter, someone's private room.
+RESERVED_ROOM = re.compile(r"[A-Za-z0-9_-]{20}")
+RESERVED = ("room names of exactly 20 letters, digits, '-' or '_' are reserved "
+            "(they look like connection ids)")
 
 
 class ProtocolError(ValueError):
@@ -47,6 +53,8 @@ def clean_room(value) -> str:
         raise ProtocolError(f"room must be 1 to {MAX_ROOM_LENGTH} characters")
     if not room.isprintable():
         raise ProtocolError("room must contain printable characters only")
+    if RESERVED_ROOM.fullmatch(room):
+        raise ProtocolError(RESERVED)
     return room
 
 

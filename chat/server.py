@@ -1,6 +1,7 @@
-"""python-socketio's AsyncServer: hardened against malformed packets, with
-WebSocket compression off, a lighter send queue and environ per connection,
-and broadcasts written straight to idle WebSockets.
+"""python-socketio's AsyncServer: hardened against malformed packets and
+against sessions that close while connecting, with WebSocket compression
+off, a lighter send queue and environ per connection, and broadcasts written
+straight to idle WebSockets.
 
 The library decodes each Engine.IO message into a Socket.IO packet and
 dispatches it; a frame that does not decode ("42[", "45x-[]", an event
@@ -192,6 +193,7 @@ class ChatServer(socketio.AsyncServer):
 
     async def _handle_connect(self, eio_sid, namespace, data):
         await super()._handle_connect(eio_sid, namespace, data)
+        await self._disconnect_if_gone(eio_sid, namespace or "/")
         # python-socketio keeps each connection's WSGI-style environ (every
         # request header, about 2 KB) for as long as it lives; the chat
         # reads it once, in on_connect, which has now run.  Keep what a log
@@ -201,6 +203,39 @@ class ChatServer(socketio.AsyncServer):
             kept = {key: environ[key] for key in KEPT_ENVIRON if key in environ}
             environ.clear()
             environ.update(kept)
+
+    def _gone(self, eio_sid) -> bool:
+        socket = self.eio.sockets.get(eio_sid)
+        return socket is None or socket.closed
+
+    async def _send_packet(self, eio_sid, pkt):
+        # A session that closed while connecting is still sent its welcome
+        # and CONNECT; Engine.IO would log a warning for each.
+        if not self._gone(eio_sid):
+            await super()._send_packet(eio_sid, pkt)
+
+    async def _send_eio_packet(self, eio_sid, eio_pkt):
+        if not self._gone(eio_sid):
+            await super()._send_eio_packet(eio_sid, eio_pkt)
+
+    async def _disconnect_if_gone(self, eio_sid, namespace: str) -> None:
+        """Run the disconnect path for a session that closed while connecting.
+
+        The library calls the connect handler with the client "pending";
+        an Engine.IO close that arrives meanwhile (a long-polling CLOSE
+        posted beside the CONNECT, a ping timeout) finds it not connected
+        and skips the disconnect handler, and the connect then completes on
+        a dead session: a ghost in every room and presence list, forever.
+        Here, once the connect is through, a session whose socket is closing
+        or gone is disconnected for real; one that closes later takes the
+        library's ordinary path, since it is connected by now.
+        """
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return  # refused, or already disconnected: nothing left
+        if self._gone(eio_sid) or self.eio.sockets[eio_sid].closing:
+            await self._handle_disconnect(eio_sid, namespace,
+                                          self.reason.CLIENT_DISCONNECT)
 
     async def _handle_eio_message(self, eio_sid, data):
         try:

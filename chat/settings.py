@@ -61,6 +61,13 @@ class Settings:
     # the users of a replica that stops refreshing vanish after at most this
     # long (plus one refresh period).
     presence_ttl: float = 15.0
+    # Redis connections each of a replica's two Redis clients (storage, and
+    # the backplane) may hold; more concurrent operations wait for one.
+    redis_max_connections: int = 32
+    # Rooms (chat/rooms.py): distinct rooms one client address may enter per
+    # minute, and rooms with members on one replica.
+    rooms_per_minute: int = 60
+    max_rooms: int = 10_000
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     log_level: str = "INFO"
@@ -212,6 +219,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         history_length=_number(env, "HISTORY_LENGTH", d.history_length, minimum=1),
         history_on_join=_number(env, "HISTORY_ON_JOIN", d.history_on_join, minimum=0),
         presence_ttl=_number(env, "PRESENCE_TTL", d.presence_ttl, kind=float, minimum=1),
+        redis_max_connections=_number(env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections,
+                                      minimum=2),
+        rooms_per_minute=_number(env, "ROOMS_PER_MINUTE", d.rooms_per_minute, minimum=1),
+        max_rooms=_number(env, "MAX_ROOMS", d.max_rooms, minimum=1),
         ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
         ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),

@@ -67,6 +67,9 @@ def test_cors_origins_parsed():
     ({"HISTORY_ON_JOIN": "-1"}, "HISTORY_ON_JOIN", ">= 0"),
     ({"HISTORY_LENGTH": "10", "HISTORY_ON_JOIN": "50"}, "HISTORY_ON_JOIN", "HISTORY_LENGTH=10"),
     ({"PRESENCE_TTL": "0.5"}, "PRESENCE_TTL", ">= 1"),
+    ({"REDIS_MAX_CONNECTIONS": "1"}, "REDIS_MAX_CONNECTIONS", ">= 2"),
+    ({"ROOMS_PER_MINUTE": "0"}, "ROOMS_PER_MINUTE", ">= 1"),
+    ({"MAX_ROOMS": "many"}, "MAX_ROOMS", "whole number"),
 ])
 def test_bad_value_names_the_variable(env, variable, accepts):
     with pytest.raises(SettingsError) as info:

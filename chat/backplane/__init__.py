@@ -13,7 +13,8 @@ package knows which one is running:
               automatic mode hides and to control reconnection.
 
 Every manager also answers :meth:`ready` (is the backplane usable right now?)
-for ``/readyz``, counts what it does in the replica's metrics, and raises
+for ``/readyz``, counts what it does in the replica's metrics, holds at most
+``REDIS_MAX_CONNECTIONS`` Redis connections (``base.BoundedPool``), and raises
 :class:`BackplaneUnavailable` from ``emit`` when a message reached this
 replica's clients but could not be relayed to the others.
 """
@@ -37,12 +38,14 @@ def create_manager(settings: Settings, metrics: Metrics, logger) -> Observed:
         return ManualRedisManager(
             settings.redis_url, channel=settings.redis_channel,
             client_name=client_name(settings.server_id), metrics=metrics, logger=logger,
+            max_connections=settings.redis_max_connections,
         )
     from .automatic import AutomaticRedisManager
 
     return AutomaticRedisManager(
         settings.redis_url, channel=settings.redis_channel,
         client_name=client_name(settings.server_id), metrics=metrics, logger=logger,
+        max_connections=settings.redis_max_connections,
     )
 
 

@@ -9,7 +9,8 @@ keep its behaviour as shipped and only watch it:
 * the library swallows a failed publish (it logs and returns ``None``); we
   turn that into :class:`BackplaneUnavailable` so the sender's ack can say
   the message reached only this replica;
-* each (re)connection it makes is counted and logged;
+* each (re)connection it makes is counted and logged, and uses a bounded
+  connection pool (``base.BoundedPool``) instead of redis-py's unbounded one;
 * readiness asks Redis itself whether this process's named connection is
   among its subscribers (CLIENT LIST TYPE pubsub): the library replaces its
   pubsub object on reconnects, so its own attributes cannot be trusted.
@@ -29,11 +30,12 @@ import socketio
 from redis.exceptions import RedisError, ResponseError
 
 from ..logs import Throttle
-from .base import BackplaneUnavailable, Observed, redis_options
+from .base import BackplaneUnavailable, Observed, redis_client, redis_options
 
 
 class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
-    def __init__(self, url, *, channel, client_name, metrics, logger=None):
+    def __init__(self, url, *, channel, client_name, metrics, logger=None,
+                 max_connections=32):
         # The library logs two ERROR lines per failed publish; during an
         # outage that is two per chat message.  Its logger repeats itself at
         # most once per interval.
@@ -44,10 +46,15 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
         super().__init__(url, channel=channel, logger=logger,
                          redis_options=redis_options(client_name), metrics=metrics)
         self.client_name = client_name
+        self.max_connections = max_connections
         self._connections = 0
 
     def _redis_connect(self):
-        super()._redis_connect()
+        # What the library's own method does for a redis:// URL (the only
+        # kind settings accept), with a bounded pool.
+        self.redis = redis_client(self.redis_url, self.client_name, self.max_connections)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
         # The library reconnects from two places: its listener, and every
         # failed publish.  Only the listener's (re)subscription is news.
         if sys._getframe(1).f_code.co_name == "_redis_listen_with_retries":

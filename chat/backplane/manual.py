@@ -62,11 +62,10 @@ import contextlib
 import random
 import time
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from .base import BackplaneUnavailable, Observed, ping, redis_options
+from .base import BackplaneUnavailable, Observed, ping, redis_client
 
 RETRY_FIRST = 0.05  # seconds before the first resubscribe attempt
 RETRY_MAX = 0.5  # cap of the doubling backoff
@@ -78,11 +77,12 @@ DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
 class ManualRedisManager(Observed, AsyncPubSubManager):
     name = "chat-pubsub"
 
-    def __init__(self, url, *, channel, client_name, metrics, logger=None):
+    def __init__(self, url, *, channel, client_name, metrics, logger=None,
+                 max_connections=32):
         super().__init__(channel=channel, logger=logger, metrics=metrics)
-        # One client, two uses: its pool serves PUBLISH and PING, and it
-        # creates the dedicated connection of each subscription.
-        self.redis = aioredis.Redis.from_url(url, **redis_options(client_name))
+        # One client, two uses: its bounded pool serves PUBLISH and PING, and
+        # gives each subscription its dedicated connection.
+        self.redis = redis_client(url, client_name, max_connections)
         self.subscribed = False
         self._publish_failing = False
 
