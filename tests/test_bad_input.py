@@ -63,7 +63,9 @@ async def test_unknown_events_and_extra_arguments(replica, connect):
     assert (await ana.sio.call("join", 42, timeout=5))["ok"] is False
     # Extra positional arguments are ignored, not a crash.
     assert (await ana.sio.call("message", ({"text": "two args"}, "extra"), timeout=5))["ok"]
-    assert (await ana.sio.call("typing", "garbage", timeout=5))["ok"]
+    assert await ana.sio.call("typing", "garbage", timeout=5) == {
+        "ok": False, "error": 'typing needs {"typing": true} or {"typing": false}'}
+    assert (await ana.sio.call("typing", {"typing": True}, timeout=5))["ok"]
     assert ana.welcome["name"] == "ana"  # the fake "connect" changed nothing
 
 
