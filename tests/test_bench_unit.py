@@ -445,3 +445,38 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
         parse(*argv)
     assert exit_info.value.code == 2
     assert "chat-bench: error:" in capsys.readouterr().err
+
+
+# -- what the servers spent (sweep) ------------------------------------------------
+
+def test_sampler_interpolates_what_the_window_alone_added():
+    from chat.tools.serverstats import Sampler
+
+    sampler = Sampler(lambda: None)
+    sampler.samples = [(10.0, 100.0), (11.0, 110.0), (12.0, 130.0)]
+    assert sampler.between(10.5, 11.5) == pytest.approx(15.0)  # 105 -> 120
+    assert sampler.between(10.0, 12.0) == pytest.approx(30.0)
+    assert sampler.between(9.0, 11.0) is None  # before the first sample: unknown
+
+
+def test_tree_cpu_counts_a_process_and_its_children():
+    import os
+    import subprocess
+    import sys
+
+    from chat.tools.serverstats import tree_cpu
+
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys, time\n"
+                               f"subprocess.Popen([sys.executable, '-c', {busy!r}])\n"
+                               "time.sleep(3)\n"])
+    try:
+        import time
+
+        time.sleep(1.5)  # the child has burnt its 0.3 s by now
+        assert tree_cpu([parent.pid]) >= 0.3
+        assert tree_cpu([os.getpid()]) > 0
+    finally:
+        parent.kill()
+        parent.wait()

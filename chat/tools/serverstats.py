@@ -1,17 +1,19 @@
 """What the servers spent during a benchmark: CPU, and backplane traffic.
 
 chat-bench measures from the clients' side; the cost per delivery is on the
-servers' side.  :class:`CpuSampler` reads, every ``PERIOD`` seconds, the CPU
-seconds (user + system, from ``/proc``) of every process of the topology:
-each replica with its children (gunicorn's worker), Redis, Node's servers.
-Given the measured window's wall-clock bounds (chat-bench's
-``measured_at``), :meth:`CpuSampler.between` interpolates the CPU spent in
-that window alone, so connecting, the warm-up and the drain are not
-counted.  Dividing by the deliveries measured gives CPU per delivery, the
-figure to hold beside Node's.
+servers' side.  A :class:`Sampler` thread reads a growing total every few
+tenths of a second while chat-bench runs; given the measured window's
+wall-clock bounds (chat-bench's ``measured_at``), :meth:`Sampler.between`
+interpolates what the window alone added, so connecting, the warm-up and
+the drain are not counted.  Two totals are sampled:
 
-:func:`received` reads each replica's ``chat_backplane_received_total``:
-how many backplane messages a replica took in, whatever room they were for.
+* the CPU seconds (user + system, from ``/proc``) of every process of the
+  topology: each replica with its children (gunicorn's worker), Redis,
+  Node's servers (:func:`cpu_sampler`).  Divided by the deliveries measured:
+  CPU per delivery, the figure to hold beside Node's;
+* each replica's ``chat_backplane_received_total`` (:func:`received`): how
+  many backplane messages the replicas took in, whatever room they were
+  for.
 """
 
 from __future__ import annotations
@@ -57,19 +59,24 @@ def tree_cpu(roots: list[int]) -> float:
     return total
 
 
-class CpuSampler(threading.Thread):
-    """Samples :func:`tree_cpu` of ``roots`` until :meth:`stop`."""
+class Sampler(threading.Thread):
+    """Samples ``read()`` (a growing total: CPU seconds, messages received)
+    every ``period`` seconds until :meth:`stop`; :meth:`between` is how much
+    it grew between two wall-clock instants."""
 
-    def __init__(self, roots: list[int]):
-        super().__init__(name="cpu-sampler", daemon=True)
-        self.roots = [pid for pid in roots if pid]
+    def __init__(self, read, period: float = PERIOD):
+        super().__init__(name="sampler", daemon=True)
+        self.read = read
+        self.period = period
         self.samples: list[tuple[float, float]] = []
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            self.samples.append((time.time(), tree_cpu(self.roots)))
-            self._stopping.wait(PERIOD)
+            value = self.read()
+            if value is not None:
+                self.samples.append((time.time(), value))
+            self._stopping.wait(self.period)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -87,6 +94,18 @@ class CpuSampler(threading.Thread):
     def between(self, start: float, end: float) -> float | None:
         first, last = self.at(start), self.at(end)
         return None if first is None or last is None else last - first
+
+
+def cpu_sampler(roots: list[int]) -> Sampler:
+    """CPU seconds of the process trees of ``roots`` (None entries skipped)."""
+    pids = [pid for pid in roots if pid]
+    return Sampler(lambda: tree_cpu(pids))
+
+
+def received_sampler(urls: list[str]) -> Sampler:
+    """Backplane messages the replicas at ``urls`` took in (nothing sampled
+    for servers without the metric)."""
+    return Sampler(lambda: received(urls), period=0.5)
 
 
 def received(urls: list[str]) -> float | None:

@@ -12,8 +12,20 @@ markdown table.
 Node's socket.io with its Redis adapter (``bench/node/server.js``), the
 same way.
 
-The load: C clients in one room (every message goes to every client), S
-senders sharing the offered rate.  Replicas run with the per-connection rate
+Two shapes of load (``--shape``):
+
+``one-room``     C clients in one room through NGINX (every message goes to
+                 every client), S senders sharing the offered rate;
+``small-rooms``  5 replicas, 500 clients in 250 rooms of 2, each room's two
+                 members on two neighbouring replicas (straight to the
+                 replicas, ``chat-bench --spread 2``), one sender per room:
+                 the shape of a real chat, where a replica has no business
+                 with most rooms.
+
+Besides latency, each point records the servers' CPU per delivery (replicas
+and Redis, or Node's servers, over the measured window only:
+``serverstats.py``) and, for the chat, the backplane messages each replica
+took in per chat message sent.  Replicas run with the per-connection rate
 limit lifted (MESSAGE_RATE), since the senders here are machines.
 """
 
@@ -29,8 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import serverstats
 from .benchrun import figure
 from .cluster import ROOT, LocalCluster, free_port, spawn
+from .idle import idle_cost
 
 TOPOLOGIES = {
     "memory": {"replicas": 1, "mode": "memory"},
@@ -45,16 +59,25 @@ NODE_SERVER = ROOT / "bench" / "node" / "server.js"
 DEFAULT_OUT = ROOT / "bench" / "results" / "benchmarks.json"
 DEFAULT_RATES = (2000, 5000, 10000, 15000, 20000, 30000, 40000)  # deliveries/s
 P99_LIMIT_MS = 100.0
-BENCH_ENV = {"MESSAGE_RATE": "100000", "MESSAGE_BURST": "100000"}
+# The senders are machines, and every client comes from this one address:
+# lift the per-connection message rate and the per-address room limit.
+BENCH_ENV = {"MESSAGE_RATE": "100000", "MESSAGE_BURST": "100000",
+             "ROOMS_PER_MINUTE": "100000"}
+SHAPES = {
+    "one-room": {"rooms": 1, "spread": 0, "replicas": None, "direct": False},
+    "small-rooms": {"clients": 500, "rooms": 250, "senders": 250, "spread": 2, "replicas": 5,
+                    "direct": True},
+}
 
 
-def run_bench(url: str, deliveries: int, clients: int, senders: int, duration: float,
-              processes: int) -> dict:
-    per_sender = deliveries / clients / senders
-    argv = [sys.executable, "-m", "chat.tools.bench", "--json", "--url", url,
-            "--clients", str(clients), "--senders", str(senders),
-            "--rate", f"{per_sender:.3f}", "--duration", str(duration), "--warmup", "2",
-            "--processes", str(processes)]
+def run_bench(urls: list[str], deliveries: int, clients: int, senders: int, duration: float,
+              processes: int, rooms: int = 1, spread: int = 0) -> dict:
+    per_sender = deliveries / (clients // rooms) / senders
+    argv = [sys.executable, "-m", "chat.tools.bench", "--json",
+            *(arg for url in urls for arg in ("--url", url)),
+            "--clients", str(clients), "--senders", str(senders), "--rooms", str(rooms),
+            "--spread", str(spread), "--rate", f"{per_sender:.3f}",
+            "--duration", str(duration), "--warmup", "2", "--processes", str(processes)]
     # A session of its own, so that a timeout or Ctrl-C here also ends its workers.
     bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -69,10 +92,20 @@ def run_bench(url: str, deliveries: int, clients: int, senders: int, duration: f
     return json.loads(out)
 
 
-def summarize(report: dict) -> dict:
-    """The few numbers a sweep keeps from one chat-bench report."""
+def summarize(report: dict, cpu: serverstats.Sampler | None = None,
+              backplane: serverstats.Sampler | None = None, replicas: int = 1) -> dict:
+    """The few numbers a sweep keeps from one chat-bench report, with what
+    the servers spent in its measured window."""
     latency = report["latency_ms"]
+    spent = cpu.between(*report["measured_at"]) if cpu else None
+    received = backplane.between(*report["measured_at"]) if backplane else None
+    delivered = report["received"]
     return {
+        "server_cpu_us_per_delivery": (round(spent / delivered * 1e6, 1)
+                                       if spent is not None and delivered else None),
+        "backplane_per_message_per_replica": (
+            round(received / report["sent"] / replicas, 3)
+            if received is not None and report["sent"] else None),
         "offered_deliveries": report["expected_per_s"],
         "delivered_per_s": report["delivered_per_s"],
         "delivery_ratio": report["delivery_ratio"],
@@ -98,23 +131,49 @@ class NodeCluster(LocalCluster):
                             self.logs / f"{replica.server_id}.log", env)
 
 
-def sweep(topologies, rates, clients, senders, duration, processes, out: Path) -> list[dict]:
+def measured(cluster: LocalCluster, urls: list[str], rate: int, clients: int, senders: int,
+             duration: float, processes: int, shape: dict) -> dict:
+    """One chat-bench run, with the servers' CPU and backplane traffic."""
+    replicas = [r.url for r in cluster.replicas]
+    pids = [r.pid for r in cluster.replicas] + [cluster.redis.pid if cluster.redis else None]
+    samplers = serverstats.cpu_sampler(pids), serverstats.received_sampler(replicas)
+    for sampler in samplers:
+        sampler.start()
+    try:
+        report = run_bench(urls, rate, clients, senders, duration, processes,
+                           rooms=shape["rooms"], spread=shape["spread"])
+    finally:
+        for sampler in samplers:
+            sampler.stop()
+    return summarize(report, *samplers, replicas=len(replicas))
+
+
+def sweep(topologies, rates, clients, senders, duration, processes, out: Path,
+          shape_name: str = "one-room") -> list[dict]:
     results = json.loads(out.read_text()) if out.exists() else []
+    shape = SHAPES[shape_name]
+    clients, senders = shape.get("clients", clients), shape.get("senders", senders)
     for name in topologies:
-        results = [r for r in results if r["topology"] != name]
+        results = [r for r in results
+                   if (r["topology"], r.get("shape", "one-room")) != (name, shape_name)]
+        topology = dict(TOPOLOGIES[name])
+        if shape["replicas"] and topology["mode"] != "memory":
+            topology["replicas"] = shape["replicas"]
         with tempfile.TemporaryDirectory() as state:
             cluster = (NodeCluster if name == "node" else LocalCluster)(Path(state))
             try:
-                cluster.up(port=free_port(), env=BENCH_ENV, **TOPOLOGIES[name])
+                cluster.up(port=free_port(), env=BENCH_ENV, **topology)
+                urls = [r.url for r in cluster.replicas] if shape["direct"] else [cluster.url]
                 for rate in rates:
-                    point = summarize(run_bench(cluster.url, rate, clients, senders,
-                                                duration, processes))
-                    point.update(topology=name, target=rate)
+                    point = measured(cluster, urls, rate, clients, senders, duration,
+                                     processes, shape)
+                    point.update(topology=name, target=rate, shape=shape_name)
                     results.append(point)
                     out.write_text(json.dumps(results, indent=1) + "\n")
                     ratio = point["delivery_ratio"] or 0.0
                     print(f"{name:9} {rate:>6}/s -> delivered {point['delivered_per_s']:>8.0f}/s "
-                          f"({ratio:.2%}), p99 {point['p99_ms']} ms, "
+                          f"({ratio:.2%}), p99 {point['p99_ms']} ms, server CPU "
+                          f"{point['server_cpu_us_per_delivery']} us/delivery, "
                           f"generator CPU {point['generator_cpu_pct']}", flush=True)
                     if ratio < 1 or (point["p99_ms"] or 0) > P99_LIMIT_MS:
                         break
@@ -124,74 +183,20 @@ def sweep(topologies, rates, clients, senders, duration, processes, out: Path) -
     return results
 
 
-def idle_cost(connections: int) -> dict:
-    """RSS growth per idle WebSocket connection on one replica (pubsub mode).
-
-    Each connection joins a room of its own, so that join notices (sent to
-    everyone in a room) do not turn the measurement into a broadcast test.
-    """
-    import asyncio
-    import resource
-
-    import aiohttp
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, connections * 2 + 1000)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-
-    async def sample(session, url):
-        async with session.get(f"{url}/metrics") as response:
-            lines = (await response.text()).splitlines()
-        values = dict(line.rsplit(" ", 1) for line in lines if line and line[0] != "#")
-        clients = next(v for k, v in values.items() if k.startswith("chat_connected_clients"))
-        return float(values["process_resident_memory_bytes"]), float(clients)
-
-    async def measure(url):
-        sockets = []
-        limit = asyncio.Semaphore(200)
-
-        async def connect(i):
-            async with limit:
-                ws = await session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket")
-                await ws.receive()  # open
-                await ws.send_str(json.dumps({"name": f"idle{i}", "room": f"r{i}"}).join(
-                    ("40", "")))
-                await ws.receive()  # welcome and connect, in either order
-                await ws.receive()
-                sockets.append(ws)
-
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            await asyncio.gather(*(connect(i) for i in range(100)))  # warm up
-            await asyncio.sleep(2)
-            rss0, n0 = await sample(session, url)
-            await asyncio.gather(*(connect(i) for i in range(100, 100 + connections)))
-            await asyncio.sleep(3)
-            rss1, n1 = await sample(session, url)
-            for ws in sockets:
-                await ws.close()
-        return {"connections": int(n1 - n0), "rss_before_mib": round(rss0 / 2**20, 1),
-                "rss_after_mib": round(rss1 / 2**20, 1),
-                "kib_per_connection": round((rss1 - rss0) / (n1 - n0) / 1024, 1)}
-
-    with tempfile.TemporaryDirectory() as state:
-        cluster = LocalCluster(Path(state))
-        try:
-            cluster.up(replicas=1, mode="pubsub", port=free_port(), proxy=False)
-            return asyncio.run(measure(cluster.replicas[0].url))
-        finally:
-            cluster.down()
-
-
 def table(results: list[dict]) -> str:
-    lines = ["| topology | offered deliveries/s | delivered/s | delivered | p50 ms | p90 ms "
-             "| p99 ms | max ms | generator CPU % of a core |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| shape | topology | offered deliveries/s | delivered/s | delivered | p50 ms "
+             "| p90 ms | p99 ms | max ms | server CPU µs per delivery "
+             "| backplane msgs per chat msg per replica | generator CPU % of a core |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         lines.append(
-            f"| {r['topology']} | {figure(r['offered_deliveries'], ',.0f')} "
+            f"| {r.get('shape', 'one-room')} | {r['topology']} "
+            f"| {figure(r['offered_deliveries'], ',.0f')} "
             f"| {figure(r['delivered_per_s'], ',.0f')} | {figure(r['delivery_ratio'], '.2%')} "
             f"| {figure(r['p50_ms'], '.1f')} | {figure(r['p90_ms'], '.1f')} "
             f"| {figure(r['p99_ms'], '.1f')} | {figure(r['max_ms'], '.1f')} "
+            f"| {figure(r.get('server_cpu_us_per_delivery'), '.1f')} "
+            f"| {figure(r.get('backplane_per_message_per_replica'), '.3f')} "
             f"| {r['generator_cpu_pct']} |")
     return "\n".join(lines)
 
@@ -209,7 +214,8 @@ def chart(results: list[dict], path: Path, baseline: list[dict] | None = None) -
     for colour, name in zip(colours, TOPOLOGIES, strict=True):
         for runs, style, label in ((results, "-", name), (baseline or [], "--",
                                                            f"{name} (baseline)")):
-            points = [r for r in runs if r["topology"] == name and r["p99_ms"] is not None]
+            points = [r for r in runs if r["topology"] == name and r["p99_ms"] is not None
+                      and r.get("shape", "one-room") == "one-room"]
             if points:
                 ax.plot([p["delivered_per_s"] for p in points],
                         [p["p99_ms"] for p in points], style, color=colour, marker="o",
@@ -229,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chat.tools.sweep",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--topology", action="append", choices=list(TOPOLOGIES))
+    parser.add_argument("--shape", choices=list(SHAPES), default="one-room",
+                        help="the load: one room of --clients, or 250 rooms of 2 on 5 "
+                             "replicas (default: %(default)s)")
     parser.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)),
                         help="offered deliveries/s, comma-separated")
     parser.add_argument("--clients", type=int, default=100)
@@ -262,8 +271,10 @@ def main(argv=None) -> int:
         return 0
     rates = [int(r) for r in args.rates.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = sweep(args.topology or list(TOPOLOGIES), rates, args.clients, args.senders,
-                    args.duration, args.processes, args.out)
+    topologies = args.topology or [t for t in TOPOLOGIES
+                                   if args.shape == "one-room" or t != "memory"]
+    results = sweep(topologies, rates, args.clients, args.senders, args.duration,
+                    args.processes, args.out, args.shape)
     print(table(results))
     return 0
 
