@@ -13,18 +13,17 @@ import asyncio
 import logging
 
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from . import jsonio
 from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS, SIO
 from .backplane import create_manager
-from .backplane.base import client_name, redis_client
 from .events import ChatNamespace
 from .history import MemoryHistory, RedisHistory
 from .logs import setup_logging
 from .metrics import Metrics
 from .presence import MemoryStore, Presence, RedisStore
+from .redis_clients import store_client
+from .redis_keys import RedisKeys
 from .replicas import Registry
 from .routes import setup_routes
 from .server import ChatServer
@@ -65,7 +64,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
         return {"mode": settings.mode, "clients": len(namespace.clients), "ready": ready,
                 "reason": reason}
 
-    registry = Registry(getattr(history, "redis", None), key=f"{settings.redis_channel}:replicas",
+    registry = Registry(getattr(history, "redis", None),
+                        key=RedisKeys(settings.redis_channel).replicas,
                         server_id=settings.server_id, ttl=settings.presence_ttl,
                         status=status, logger=logger)
 
@@ -162,15 +162,10 @@ def create_stores(settings: Settings):
     this process."""
     if settings.mode == "memory":
         return MemoryHistory(settings.history_length), MemoryStore()
-    # No second attempt of a command on a fresh connection: a command that
-    # failed on an open connection may have run, and an append run twice is
-    # told apart only by its id.  A failure to connect means nothing was
-    # sent, which is what lets a sender be told "not sent" (history.py).
-    client = redis_client(settings.redis_url, client_name(settings.server_id) + ":store",
-                          settings.redis_max_connections, retry=Retry(NoBackoff(), 0))
-    return (RedisHistory(client, prefix=settings.redis_channel,
-                         length=settings.history_length),
-            RedisStore(client, prefix=settings.redis_channel, ttl=settings.presence_ttl))
+    client = store_client(settings)
+    keys = RedisKeys(settings.redis_channel)
+    return (RedisHistory(client, keys=keys, length=settings.history_length),
+            RedisStore(client, keys=keys, ttl=settings.presence_ttl))
 
 
 def _cors(settings: Settings):

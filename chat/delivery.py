@@ -37,7 +37,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .history import Cursor, HistoryUnavailable
+from .cursor import Cursor
+from .history import HistoryUnavailable
 from .metrics import Metrics
 
 GAP_WAIT = 0.05  # seconds a hole may wait for the live path

@@ -285,8 +285,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         except ProtocolError as exc:
             return refusal(str(exc))
         old = client.room
-        if room == old:
-            return {"ok": True, "room": room}
+        if room == old:  # nothing changes, and the answer has the same form
+            return {"ok": True, "room": room, **await self._room_state(room, resume)}
         await self.leave_room(sid, old)
         await self.presence.leave(client.pid)
         try:

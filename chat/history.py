@@ -16,14 +16,10 @@ So a message is first *stored*, then relayed.  Storing gives it its number:
   sequence number learns that its position means nothing any more instead
   of silently skipping messages.
 
-Keys, for a room R and ``REDIS_CHANNEL`` C (rooms of two chats sharing a
-Redis stay apart)::
-
-    C:room:R:meta   hash   epoch, seq
-    C:room:R:log    stream <seq>-0 -> {m: message JSON without seq/epoch}
-    C:room:R:ids    zset   message id -> seq, for the messages the log holds
-
-All three expire after ``IDLE_EXPIRY`` without a message, so abandoned rooms
+A room's three keys (named in ``redis_keys.py``): ``meta`` (a hash: epoch,
+seq), ``log`` (a stream: ``<seq>-0`` -> the message JSON without seq and
+epoch) and ``ids`` (a sorted set: message id -> seq, for the messages the
+log holds).  All three expire after ``IDLE_EXPIRY`` without a message, so abandoned rooms
 do not stay in Redis forever.  A room that never had a message has only its
 meta hash (created by the first read, so that the room has an epoch), and
 that expires ``EMPTY_EXPIRY`` after the last read or presence refresh: a
@@ -64,6 +60,7 @@ from redis import exceptions as rx
 from redis.exceptions import RedisError, ResponseError
 
 from . import jsonio
+from .redis_keys import RedisKeys
 
 IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
 EMPTY_EXPIRY_MS = 10 * 60 * 1000  # a room without a message: 10 minutes after its last use
@@ -132,70 +129,6 @@ def resume_gap(piece: Slice, epoch: str | None, after: int) -> str | None:
     return None
 
 
-class Cursor:
-    """Where a reader stands in a room's numbered history, and what to do
-    with each message that arrives (pure bookkeeping, no I/O).
-
-    Both ends read this way: a replica for each room it has members in
-    (``chat/delivery.py``), and each client session (``chat/tools/session.py``;
-    the page does the same in ``web/app.js``).  ``feed`` returns the
-    messages to hand on now, in order: duplicates (a number already handed
-    on) are dropped, and a message ahead of a hole waits in ``waiting`` until
-    :meth:`skip` or the missing numbers arrive.  A message of another epoch
-    starts the numbering again.
-    """
-
-    def __init__(self):
-        self.epoch: str | None = None
-        self.seq = 0
-        self.waiting: dict[int, dict] = {}
-
-    def resume(self) -> dict | None:
-        """The ``resume`` field for the next connection, if there is a position."""
-        return {"epoch": self.epoch, "seq": self.seq} if self.epoch else None
-
-    def restart(self, epoch: str | None, seq: int) -> None:
-        self.epoch, self.seq = epoch, seq
-        self.waiting.clear()
-
-    def feed(self, message: dict) -> list[dict]:
-        seq, epoch = message.get("seq"), message.get("epoch")
-        if not isinstance(seq, int):
-            return [message]  # not numbered (a very old server): just show it
-        if self.epoch is None:
-            self.restart(epoch, seq - 1)
-        elif epoch != self.epoch:
-            self.restart(epoch, 0)
-        if seq <= self.seq or seq in self.waiting:
-            return []
-        self.waiting[seq] = message
-        return self._ready()
-
-    def has(self, message: dict) -> bool:
-        """``message`` was handed on already, or is waiting."""
-        seq = message.get("seq")
-        return message.get("epoch") == self.epoch and isinstance(seq, int) and (
-            seq <= self.seq or seq in self.waiting)
-
-    def skip(self) -> list[dict]:
-        """Give up on the hole before the first waiting message."""
-        if self.waiting:
-            self.seq = min(self.waiting) - 1
-        return self._ready()
-
-    def _ready(self) -> list[dict]:
-        out = []
-        while (message := self.waiting.pop(self.seq + 1, None)) is not None:
-            self.seq += 1
-            out.append(message)
-        return out
-
-    @property
-    def behind(self) -> bool:
-        """A message is waiting for an earlier one that has not arrived."""
-        return bool(self.waiting)
-
-
 class MemoryHistory:
     """History for the single node without Redis (``mode`` memory)."""
 
@@ -204,16 +137,21 @@ class MemoryHistory:
         self.epoch = new_epoch()  # one per process: a restart forgets everything
         self._logs: dict[str, collections.deque] = {}
         self._seqs: dict[str, int] = {}
+        self._ids: dict[str, dict[str, int]] = {}  # room -> id -> seq, as the log holds
 
     async def append(self, room: str, message: dict) -> dict:
         log = self._logs.setdefault(room, collections.deque(maxlen=self.length))
-        first = next((m for m in log if m["id"] == message["id"]), None)
+        ids = self._ids.setdefault(room, {})
+        first = ids.get(message["id"])
         if first is not None:
-            return {**message, "seq": first["seq"], "epoch": self.epoch, "duplicate": True}
+            return {**message, "seq": first, "epoch": self.epoch, "duplicate": True}
         seq = self._seqs.get(room, 0) + 1
         self._seqs[room] = seq
         stored = {**message, "seq": seq, "epoch": self.epoch}
+        if len(log) == self.length:  # the oldest leaves the log, and its id with it
+            ids.pop(log[0]["id"], None)
         log.append(stored)
+        ids[message["id"]] = seq
         return stored
 
     async def tail(self, room: str, count: int) -> Slice:
@@ -239,20 +177,20 @@ class MemoryHistory:
 class RedisHistory:
     """History in Redis, shared by every replica (both Redis modes)."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, length: int):
+    def __init__(self, client: aioredis.Redis, *, keys: RedisKeys, length: int):
         self.redis = client
-        self.prefix = prefix
+        self.keys = keys
         self.length = length
         self._append = client.register_script(APPEND)
 
     def _keys(self, room: str) -> tuple[str, str]:
-        return meta_key(self.prefix, room), f"{self.prefix}:room:{room}:log"
+        return self.keys.room_meta(room), self.keys.room_log(room)
 
     async def append(self, room: str, message: dict) -> dict:
         """Store ``message`` (which has an ``id``) and return it numbered;
         ``duplicate: True`` when its id was stored before (nothing stored)."""
         meta, log = self._keys(room)
-        ids = f"{self.prefix}:room:{room}:ids"
+        ids = self.keys.room_ids(room)
         try:
             seq, epoch, before = await self._append(
                 keys=[meta, log, ids],
@@ -342,7 +280,7 @@ def never_connected(exc: BaseException) -> bool:
     redis-py words connection failures "Error <errno> connecting to <host>"
     and "Timeout connecting to server"; a failure on an open connection
     (reading, writing) is worded otherwise and may follow a sent command.
-    A full connection pool (``backplane.base.BoundedPool``) sends nothing.
+    A full connection pool (``chat.redis_clients.BoundedPool``) sends nothing.
     """
     if isinstance(exc, rx.MaxConnectionsError):  # the pool had no connection to give
         return True
@@ -356,11 +294,6 @@ def refusal_reason(exc: ResponseError) -> str:
     if isinstance(exc, rx.ReadOnlyError):
         return "Redis is a read-only replica"
     return f"Redis refused it ({str(exc)[:120]})"
-
-
-def meta_key(prefix: str, room: str) -> str:
-    """The key of a room's epoch and sequence counter."""
-    return f"{prefix}:room:{room}:meta"
 
 
 def as_text(value) -> str:

@@ -51,7 +51,8 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError
 
 from . import jsonio
-from .history import EMPTY_EXPIRY_MS, as_text, meta_key
+from .history import EMPTY_EXPIRY_MS, as_text
+from .redis_keys import RedisKeys
 
 BATCH = 0.25  # seconds of changes per room gathered into one presence event
 # The most entries a welcome or a presence answer lists.  Every member of a
@@ -92,9 +93,9 @@ class MemoryStore:
         return gone
 
 class RedisStore:
-    def __init__(self, client, *, prefix: str, ttl: float):
+    def __init__(self, client, *, keys: RedisKeys, ttl: float):
         self.redis = client
-        self.prefix = prefix
+        self.keys = keys
         self.key_ttl_ms = int(ttl * 3000)  # a room nobody refreshes goes away
         # While a room has members, its meta hash (history.py) lives on even
         # if nobody ever writes in it.
@@ -102,14 +103,14 @@ class RedisStore:
         self._expire = client.register_script(EXPIRE)
 
     def _key(self, room: str) -> str:
-        return f"{self.prefix}:room:{room}:presence"
+        return self.keys.room_presence(room)
 
     async def add(self, room: str, entries: list[str], expires: float) -> None:
         key = self._key(room)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {entry: expires * 1000 for entry in entries})
             pipe.pexpire(key, self.key_ttl_ms)
-            pipe.pexpire(meta_key(self.prefix, room), self.meta_ttl_ms, gt=True)
+            pipe.pexpire(self.keys.room_meta(room), self.meta_ttl_ms, gt=True)
             await pipe.execute()
 
     async def remove(self, room: str, entry: str) -> None:

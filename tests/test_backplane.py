@@ -99,6 +99,15 @@ async def test_join_is_seen_on_every_replica(replicas, connect):
         await client.wait_for(lambda client=client: client.texts() == ["still in general"])
     assert mover.texts() == ["now in lounge"]
 
+    # Joining the room one is in changes nothing, and answers in full.
+    welcomes = len(mover.welcomes)
+    again = await mover.sio.call("join", {"room": "lounge"})
+    assert set(again) == set(ack) and again["seq"] == ack["seq"] + 1
+    assert [m["text"] for m in again["history"]] == ["now in lounge"]
+    await asyncio.sleep(0.3)
+    assert len(mover.welcomes) == welcomes
+    assert not any(client.saw("left", "mover") for client in there)
+
 
 @pytest.fixture
 async def peer(trio, mode):

@@ -14,8 +14,9 @@ import logging
 import pytest
 
 from chat import delivery
+from chat.cursor import Cursor
 from chat.delivery import Sequencer
-from chat.history import Cursor, MemoryHistory, Slice, resume_gap
+from chat.history import MemoryHistory, Slice, resume_gap
 from chat.metrics import Metrics
 
 
@@ -42,13 +43,18 @@ def test_a_resume_beyond_the_window_or_across_a_reset_says_so():
 
 async def test_memory_history_numbers_and_caps_each_room():
     history = MemoryHistory(length=3)
-    stored = [await history.append("r", {"text": str(i)}) for i in range(5)]
+    stored = [await history.append("r", {"id": f"m{i}", "text": str(i)}) for i in range(5)]
     assert [m["seq"] for m in stored] == [1, 2, 3, 4, 5]
-    assert (await history.append("other", {"text": "x"}))["seq"] == 1
+    assert (await history.append("other", {"id": "o", "text": "x"}))["seq"] == 1
+    # An id the room's history holds is stored once: the first number again.
+    again = await history.append("r", {"id": "m4", "text": "4"})
+    assert (again["seq"], again["duplicate"]) == (5, True)
     tail = await history.tail("r", 2)
     assert (tail.last, [m["seq"] for m in tail.messages]) == (5, [4, 5])
     assert [m["seq"] for m in (await history.since("r", 1, 10)).messages] == [3, 4, 5]
     assert [m["seq"] for m in await history.between("r", 2, 5)] == [3, 4]
+    # ... for as long as the log holds it: m0 has left the window of 3.
+    assert (await history.append("r", {"id": "m0", "text": "0"}))["seq"] == 6
 
 
 # -- Sequencer ------------------------------------------------------------------
@@ -86,7 +92,7 @@ async def test_out_of_order_arrivals_are_written_in_order_and_once():
 async def test_a_hole_the_live_path_does_not_fill_is_read_from_history(quick):
     room = Room()
     for i in range(1, 6):
-        await room.history.append("r", {"text": str(i)})
+        await room.history.append("r", {"id": f"m{i}", "text": str(i)})
     await room.start(epoch=room.history.epoch)
     epoch = room.history.epoch
     await room.sequencer.accept("r", msg(1, epoch))
@@ -99,7 +105,7 @@ async def test_a_hole_the_live_path_does_not_fill_is_read_from_history(quick):
 async def test_a_hole_the_history_no_longer_holds_is_skipped(quick):
     room = Room(MemoryHistory(length=2))
     for i in range(1, 6):
-        await room.history.append("r", {"text": str(i)})  # keeps 4 and 5
+        await room.history.append("r", {"id": f"m{i}", "text": str(i)})  # keeps 4 and 5
     epoch = room.history.epoch
     await room.start(epoch=epoch)
     await room.sequencer.accept("r", msg(1, epoch))
@@ -113,7 +119,7 @@ async def test_catch_up_fetches_what_never_arrived():
     epoch = room.history.epoch
     await room.start(epoch=epoch)
     for i in range(1, 4):
-        await room.history.append("r", {"text": str(i)})  # stored, never relayed
+        await room.history.append("r", {"id": f"m{i}", "text": str(i)})  # stored, never relayed
     await room.sequencer.catch_up()  # notes the room's head
     assert room.written == []
     await room.sequencer.catch_up()  # still missing a round later: fetched

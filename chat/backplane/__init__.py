@@ -14,7 +14,7 @@ package knows which one is running:
 
 Every manager also answers :meth:`ready` (is the backplane usable right now?)
 for ``/readyz``, counts what it does in the replica's metrics, holds at most
-``REDIS_MAX_CONNECTIONS`` Redis connections (``base.BoundedPool``), and raises
+``REDIS_MAX_CONNECTIONS`` Redis connections (``chat/redis_clients.py``), and raises
 :class:`BackplaneUnavailable` from ``emit`` when a message reached this
 replica's clients but could not be relayed to the others.
 """
@@ -22,8 +22,9 @@ replica's clients but could not be relayed to the others.
 from __future__ import annotations
 
 from ..metrics import Metrics
+from ..redis_clients import client_name
 from ..settings import Settings
-from .base import BackplaneUnavailable, Observed, client_name
+from .base import BackplaneUnavailable, Observed
 
 
 def create_manager(settings: Settings, metrics: Metrics, logger) -> Observed:

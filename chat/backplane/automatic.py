@@ -10,7 +10,7 @@ keep its behaviour as shipped and only watch it:
   turn that into :class:`BackplaneUnavailable` so the sender's ack can say
   the message reached only this replica;
 * each (re)connection it makes is counted and logged, and uses a bounded
-  connection pool (``base.BoundedPool``) instead of redis-py's unbounded one;
+  connection pool (``chat.redis_clients.BoundedPool``) instead of redis-py's unbounded one;
 * readiness asks Redis itself whether this process's named connection is
   among its subscribers (CLIENT LIST TYPE pubsub): the library replaces its
   pubsub object on reconnects, so its own attributes cannot be trusted.
@@ -30,7 +30,8 @@ import socketio
 from redis.exceptions import RedisError, ResponseError
 
 from ..logs import Throttle
-from .base import BackplaneUnavailable, Observed, redis_client, redis_options
+from ..redis_clients import redis_client, redis_options
+from .base import BackplaneUnavailable, Observed
 
 
 class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):

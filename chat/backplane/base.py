@@ -1,96 +1,17 @@
-"""What every backplane manager shares: counting, readiness and shutdown, and
-the bounded Redis connection pools every Redis client of a replica uses."""
+"""What every backplane manager shares: counting, readiness and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 import time
-import uuid
 
-import redis.asyncio as aioredis
 from engineio import packet as eio_packet
 from engineio.exceptions import SocketIsClosedError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
 from socketio import packet as sio_packet
 
 from ..delivery import Sequencer
 from ..metrics import Metrics
 from ..server import text_frame
-
-
-def redis_options(client_name: str) -> dict:
-    """Options for the Redis connections both Redis modes open.
-
-    Connecting must fail fast while Redis is down: the listeners and /readyz
-    retry on their own schedule, and a publish must not hold up a client's
-    messages for seconds.  redis-py's default (10 retries with backoff) would
-    stall every publish for several seconds during an outage, so one
-    immediate retry is allowed, enough to replace a connection Redis closed.
-    """
-    return {
-        # Named, so that readiness can ask Redis whether our subscription is
-        # among its pub/sub clients, and so an operator can see who is who.
-        "client_name": client_name,
-        "socket_connect_timeout": 1.0,
-        "socket_timeout": 1.0,
-        "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 1),
-    }
-
-
-POOL_WAIT = 1.0  # seconds an operation waits for a free connection of a full pool
-POOL_WARN_EVERY = 10.0  # seconds between two "pool exhausted" log lines per pool
-
-
-class PoolExhausted(MaxConnectionsError):
-    """Every connection of the pool stayed busy for ``POOL_WAIT`` seconds (no
-    command was sent: a Redis ``ConnectionError``, and redis-py's own kind for
-    a full pool)."""
-
-
-class BoundedPool(aioredis.BlockingConnectionPool):
-    """redis-py's blocking pool, whose exhaustion says what it is.
-
-    Without a bound redis-py opens a connection per concurrent operation: a
-    burst of connects (each one a few Redis round trips) left a hundred
-    connections per replica open.  Bounded, a burst waits for a free
-    connection; one that waits longer than ``POOL_WAIT`` fails with
-    :class:`PoolExhausted` (a Redis ``ConnectionError``, so every caller
-    already handles it as Redis not answering), logged at most once per
-    ``POOL_WARN_EVERY`` seconds.
-    """
-
-    warned_at = float("-inf")
-
-    async def get_connection(self, *args, **kwargs):
-        try:
-            return await super().get_connection(*args, **kwargs)
-        except RedisConnectionError as exc:
-            if not isinstance(exc.__cause__, TimeoutError):
-                raise
-            name = self.connection_kwargs.get("client_name")
-            problem = (f"all {self.max_connections} Redis connections of {name} busy for "
-                       f"{self.timeout:g} s (REDIS_MAX_CONNECTIONS)")
-            now = time.monotonic()
-            if now - self.warned_at >= POOL_WARN_EVERY:
-                self.warned_at = now
-                logging.getLogger("chat.redis").warning("Redis pool exhausted: %s", problem)
-            raise PoolExhausted(problem) from None
-
-
-def redis_client(url: str, client_name: str, max_connections: int,
-                 **overrides) -> aioredis.Redis:
-    """A Redis client on its own :class:`BoundedPool` (closed with the client),
-    with :func:`redis_options` and ``overrides``."""
-    options = {**redis_options(client_name), **overrides}
-    pool = BoundedPool.from_url(url, max_connections=max_connections, timeout=POOL_WAIT,
-                                **options)
-    return aioredis.Redis.from_pool(pool)
 
 
 class BackplaneUnavailable(RuntimeError):
@@ -212,16 +133,3 @@ class Observed:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-
-def client_name(server_id: str) -> str:
-    """A Redis connection name unique to this process, readable by people."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", server_id)[:40]
-    return f"chat:{safe}:{uuid.uuid4().hex[:8]}"
-
-
-async def ping(client: aioredis.Redis, timeout: float = 1.0) -> bool:
-    try:
-        return bool(await asyncio.wait_for(client.ping(), timeout))
-    except (TimeoutError, OSError, aioredis.RedisError):
-        return False

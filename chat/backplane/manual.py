@@ -65,7 +65,8 @@ import time
 from redis.exceptions import RedisError
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from .base import BackplaneUnavailable, Observed, ping, redis_client
+from ..redis_clients import ping, redis_client
+from .base import BackplaneUnavailable, Observed
 
 RETRY_FIRST = 0.05  # seconds before the first resubscribe attempt
 RETRY_MAX = 0.5  # cap of the doubling backoff

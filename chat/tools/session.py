@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import socketio
 
-from ..history import Cursor
+from ..cursor import Cursor
 
 DEFAULT_URL = "http://localhost:8080"
 # Where ``make up`` (chat-cluster) records the local cluster it runs.

@@ -1,0 +1,49 @@
+"""Every Redis key and channel the chat uses, named in one place.
+
+All of them start with ``REDIS_CHANNEL`` (``C`` below, ``chat:messages`` by
+default), so two chats can share one Redis without meeting.  For a room R::
+
+    C                    channel  the backplane: every replica publishes and
+                                  subscribes here (both modes)
+    C:room:R:meta        hash     the room's epoch and latest number (history.py)
+    C:room:R:log         stream   the room's messages, <seq>-0 -> {m: JSON}
+    C:room:R:ids         zset     message id -> number, for the messages the
+                                  log holds: a retried id is stored once
+    C:room:R:presence    zset     [id, name] -> expiry (ms) (presence.py)
+    C:replicas           hash     server id -> its health (replicas.py)
+
+How long each lives is up to the module that writes it; a room's keys all
+expire when the room goes quiet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisKeys:
+    prefix: str  # REDIS_CHANNEL
+
+    @property
+    def channel(self) -> str:
+        return self.prefix
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}:replicas"
+
+    def _room(self, room: str, what: str) -> str:
+        return f"{self.prefix}:room:{room}:{what}"
+
+    def room_meta(self, room: str) -> str:
+        return self._room(room, "meta")
+
+    def room_log(self, room: str) -> str:
+        return self._room(room, "log")
+
+    def room_ids(self, room: str) -> str:
+        return self._room(room, "ids")
+
+    def room_presence(self, room: str) -> str:
+        return self._room(room, "presence")
