@@ -15,7 +15,8 @@ Events (namespace ``/``; README.md has the full table):
   (which numbers it), then relayed; ack ``{"ok": true, "id", "seq"}`` or
   ``{"ok": false, "error"}``; the room receives ``message``.
 * client -> server ``join`` ``{"room"}``; ack ``{"ok", "room", "history", ...}``.
-* client -> server ``history`` ``{"after": seq}``: the messages after ``seq``.
+* client -> server ``history`` ``{"after": seq}``: the messages after ``seq``,
+  at most ``HISTORY_MAX_BYTES`` of them (``truncated``: ask again for the rest).
 * client -> server ``presence``: the room's members on every replica.
 * client -> server ``typing`` ``{"typing": bool}``; relayed to the room.
 * server -> room ``presence`` ``{"joined", "left", "count"}`` as people come
@@ -42,7 +43,7 @@ import socketio
 
 from .backplane import BackplaneUnavailable
 from .delivery import Sequencer
-from .history import HistoryUnavailable, resume_gap
+from .history import HistoryUnavailable, resume_gap, within
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import (
@@ -61,6 +62,7 @@ LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
 NOT_SENT = "not sent: the chat's storage (Redis) does not answer; try again"
 TOO_MANY = "rate limit: too many requests, slow down"
 NO_HISTORY = "history unavailable: the chat's storage (Redis) does not answer"
+TOO_MUCH_MISSED = "you missed more than one answer carries (HISTORY_MAX_BYTES)"
 CLIENT_EVENTS = frozenset({"message", "join", "typing", "history", "presence"})
 
 
@@ -184,17 +186,18 @@ class ChatNamespace(socketio.AsyncNamespace):
                 epoch, after = resume
                 piece = await self.history.since(room, after, s.history_length)
                 gap = resume_gap(piece, epoch, after)
-                if gap is None:
+                if gap is None and within(piece.messages, s.history_max_bytes) is piece.messages:
                     return {"epoch": piece.epoch, "seq": piece.last,
                             "history": piece.messages, "resumed": True, "gap": None}
+                gap = gap or TOO_MUCH_MISSED
             piece = await self.history.tail(room, s.history_on_join)
         except HistoryUnavailable as exc:
             self.metrics.history_failures.inc()
             self.log.warning("history of %r unavailable: %s", room, exc)
             return {"epoch": None, "seq": 0, "history": [], "resumed": False,
                     "gap": NO_HISTORY}
-        return {"epoch": piece.epoch, "seq": piece.last, "history": piece.messages,
-                "resumed": False, "gap": gap}
+        return {"epoch": piece.epoch, "seq": piece.last, "resumed": False, "gap": gap,
+                "history": within(piece.messages, s.history_max_bytes, newest=True)}
 
     async def on_disconnect(self, sid, reason=None):
         client = self.clients.pop(sid, None)
@@ -272,8 +275,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.metrics.history_failures.inc()
             return refusal(NO_HISTORY)
         gap = resume_gap(piece, piece.epoch if epoch is None else epoch, after)
+        # At most HISTORY_MAX_BYTES of messages: "truncated" tells the client
+        # to ask again after the last one it got.
+        messages = within(piece.messages, self.settings.history_max_bytes)
         return {"ok": True, "room": client.room, "epoch": piece.epoch, "seq": piece.last,
-                "messages": piece.messages, "gap": gap}
+                "messages": messages, "gap": gap,
+                "truncated": messages is not piece.messages}
 
     async def on_presence(self, sid, payload):
         client = self.clients[sid]
