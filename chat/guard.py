@@ -13,9 +13,11 @@ chat's disconnect handler at once.
 
 Long-polling gets the same treatment through :class:`GuardedSocket`: a POST
 whose body does not decode (invalid UTF-8, more packets than Engine.IO
-accepts in one payload, a packet that is not Engine.IO) is refused with 400
-and one log line instead of a traceback and 200, and the packets after the
-one that closed the connection are not handled.
+accepts in one payload, a packet type a client does not send) is refused
+with 400 and one log line instead of a traceback and 200 (or, for a packet
+type, a POST that hangs until the client polls again: the library's
+``disconnect`` waits for the CLOSE packet to be fetched), and the packets
+after the one that closed the connection are not handled.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class GuardedSocket(async_socket.AsyncSocket):
         except ValueError:
             length = -1
         if not 0 <= length <= self.server.max_http_buffer_size:
-            raise exceptions.ContentTooLongError()
+            await self.server.refuse_client(self.sid, "POST too long", str(length))
+            raise exceptions.ContentTooLongError()  # answered 400
         body = await environ["wsgi.input"].read(length)
         try:
             packets = payload.Payload(encoded_payload=body.decode("utf-8")).packets
@@ -64,11 +67,13 @@ class GuardedSocket(async_socket.AsyncSocket):
             await self.server.refuse_client(self.sid, f"undecodable POST ({exc})"[:120], body)
             raise exceptions.EngineIOError() from None  # answered 400
         for pkt in packets:
-            if pkt.packet_type in KNOWN_TYPES:
+            try:
+                if pkt.packet_type not in KNOWN_TYPES:  # receive() would log a traceback
+                    raise exceptions.UnknownPacketError()
                 await self.receive(pkt)
-            else:  # receive() would log a traceback
-                await self.server.refuse_client(self.sid, "not an Engine.IO packet",
-                                                str(pkt.packet_type))
+            except exceptions.UnknownPacketError:  # OPEN, PING, NOOP, 7...
+                await self.server.refuse_client(self.sid, "not an Engine.IO packet a client "
+                                                "sends", str(pkt.packet_type))
             if self.closed:  # the rest is not read
                 if getattr(self, "refused", False):
                     raise exceptions.EngineIOError()  # answered 400

@@ -157,14 +157,24 @@ def quiet_accept_errors(loop, logger: logging.Logger, interval: float = 10.0) ->
 
     asyncio's loop reports each failed accept through the loop's exception
     handler, with a traceback, and retries; at the descriptor limit that is
-    a traceback per retry for as long as the limit lasts.  uvloop reports
-    through the same handler.  Other reports go to the handler there was.
+    a traceback per retry for as long as the limit lasts (and a retry per
+    failed accept, so a traceback per pending retry when the listener
+    closes).  uvloop reports through the same handler, if at all (libuv
+    sheds connections at the limit itself).  Other reports go to the handler
+    there was.
     """
     previous = loop.get_exception_handler()
     state = {"last": -interval, "held": 0}
 
     def handler(loop, context):
         exc = context.get("exception")
+        retry = getattr(context.get("handle"), "_callback", None)
+        if getattr(retry, "__name__", "") == "_start_serving":
+            # asyncio schedules a retry per failed accept, up to the backlog
+            # (128) per round; those still pending when the listener closes
+            # fail on its closed descriptor.
+            state["held"] += 1
+            return None
         if not (isinstance(exc, OSError) and exc.errno in ACCEPT_EXHAUSTED):
             if previous is not None:
                 return previous(loop, context)

@@ -147,6 +147,7 @@ async def test_a_malformed_post_closes_its_polling_session(one):
     b"42[\"message\",{\"text\":\"\xff\xfe\"}]",  # invalid UTF-8
     "b" + "!" * 10,  # base64 that is not
     "9",  # not an Engine.IO packet type
+    "0",  # one a client does not send (the library's disconnect then waited for a GET)
 ])
 async def test_bad_polling_bodies_get_400_and_one_line(one, body):
     cluster, replica = one
@@ -231,3 +232,34 @@ async def test_the_replica_serves_on_after_the_attacks(one, connect):
     assert "Traceback" not in log
     print(f"\n[hostile] replica log after the group: {len(log.splitlines())} lines, "
           f"{json.dumps(health(replica.url))}")
+
+
+async def test_history_answers_are_bounded_in_bytes(shared_clusters, connect, mode):
+    cap = 65_536
+    cluster = shared_clusters(replicas=1, mode=mode, proxy=False,
+                              env={**FAST, "HISTORY_MAX_BYTES": str(cap)})
+    replica = cluster.replicas[0]
+    room = f"long-{secrets.token_hex(3)}"
+    ana = await connect(replica.url, "ana", room=room)
+    for i in range(100):  # about 210 KB of messages
+        assert (await ana.send(f"{i} " + "w" * 1990))["ok"]
+    got, after, answers = [], 0, 0
+    while True:
+        answer = await ana.sio.call("history", {"after": after}, timeout=5)
+        answers += 1
+        assert answer["ok"] and answer["gap"] is None
+        assert len(json.dumps(answer["messages"]).encode()) <= cap + 1024
+        got += answer["messages"]
+        after = got[-1]["seq"]
+        if not answer["truncated"]:
+            break
+    assert [m["seq"] for m in got] == list(range(1, 101)) and answers >= 4
+    # A newcomer gets the newest that fit; a resume that does not fit gets
+    # them too, with a gap saying why.
+    bia = await connect(replica.url, "bia", room=room)
+    assert bia.welcome["history"][-1]["seq"] == 100
+    assert len(json.dumps(bia.welcome["history"]).encode()) <= cap + 1024
+    caio = await connect(replica.url, "caio", auth={
+        "name": "caio", "room": room, "resume": {"epoch": got[0]["epoch"], "seq": 0}})
+    assert "HISTORY_MAX_BYTES" in caio.welcome["gap"]
+    assert caio.welcome["history"][-1]["seq"] == 100
