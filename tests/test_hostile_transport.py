@@ -48,8 +48,10 @@ def assert_bounded(figures: dict, lines: int = 50, rss: float = 150) -> None:
     assert figures["rss_growth_mib"] < rss, figures
 
 
-async def test_binary_attachments_are_refused(one):
-    cluster, replica = one
+async def test_binary_attachments_are_refused(cluster_factory):
+    # A replica of its own: memory another attack left resident would hide growth.
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False, env=FAST)
+    replica = cluster.replicas[0]
     watch = Watch(cluster, replica)
     chunk = b"\0" * 32_000
     async with aiohttp.ClientSession() as session:
@@ -58,27 +60,30 @@ async def test_binary_attachments_are_refused(one):
         await ws.send_str('4599999-["message",{"_placeholder":true,"num":0}]')
         sent = 0
         started = time.monotonic()
-        with pytest.raises((ConnectionError, aiohttp.ClientError)):
+        try:
             while time.monotonic() - started < 4:
                 await ws.send_bytes(chunk)
                 sent += 1
                 if sent % 50 == 0:
                     watch.sample()
                     await asyncio.sleep(0)
-            raise ConnectionError("still open")  # pytest.raises: it must not get here
-        assert ws.closed or await closed_within(ws, 3)
+        except (ConnectionError, aiohttp.ClientError):
+            pass  # closed by the replica
+        announced_closed = ws.closed or await closed_within(ws, 3)
         # Unannounced: a binary frame straight after connecting.
         ws = await ws_session(session, replica.url, headers={"X-Real-IP": "10.1.0.2"})
         await ws.send_bytes(chunk)
-        assert await closed_within(ws, 3)
-    figures = watch.report(f"binary attachments ({sent} frames of 32 KB sent)")
+        unannounced_closed = await closed_within(ws, 3)
+    figures = watch.report(f"binary attachments ({sent} frames of 32 KB sent, "
+                           f"{time.monotonic() - started:.1f} s)")
+    assert announced_closed and unannounced_closed
     assert_bounded(figures)
     assert sum("binary" in line and "refused" in line for line in watch.new_lines()) == 2
 
 
 @pytest.mark.parametrize("mode", ["socketio", "pubsub"])
-async def test_a_client_that_does_not_read_is_disconnected(shared_clusters, connect, mode):
-    cluster = shared_clusters(replicas=1, mode=mode, proxy=False, env=FAST)
+async def test_a_client_that_does_not_read_is_disconnected(cluster_factory, connect, mode):
+    cluster = cluster_factory(replicas=1, mode=mode, proxy=False, env=FAST)
     replica = cluster.replicas[0]
     room = f"busy-{secrets.token_hex(3)}"
     sender = await connect(replica.url, "sender", room=room)
@@ -100,11 +105,13 @@ async def test_a_client_that_does_not_read_is_disconnected(shared_clusters, conn
             if i % 20 == 0:
                 await asyncio.sleep(0.05)
                 watch.sample()
-        assert await until(lambda: health(replica.url)["clients"] == 1, 10)
+        left = await until(lambda: health(replica.url)["clients"] == 1, 10)
+        watch.sample()
+        figures = watch.report(f"a client that does not read ({mode})")
+        assert left
         assert await asyncio.to_thread(reader.closed_by_server, 10)
     finally:
         reader.close()
-    figures = watch.report(f"a client that does not read ({mode})")
     assert_bounded(figures)
     assert sum("does not read" in line for line in watch.new_lines()) == 1
     assert (await sender.send("still here"))["ok"] is True
@@ -123,8 +130,9 @@ async def test_a_malformed_frame_closes_its_websocket(one):
                 frames += 1
         except (ConnectionError, aiohttp.ClientError):
             pass
-        assert ws.closed or await closed_within(ws, 3)
+        closed = ws.closed or await closed_within(ws, 3)
     figures = watch.report(f"malformed frames over WebSocket ({frames} sent)")
+    assert closed
     assert_bounded(figures, lines=10)
     assert sum("malformed packet" in line for line in watch.new_lines()) == 1
 
@@ -135,9 +143,10 @@ async def test_a_malformed_post_closes_its_polling_session(one):
     async with aiohttp.ClientSession(headers={"X-Real-IP": "10.1.0.4"}) as session:
         sid = await poll_session(session, replica.url)
         # Several packets in one body: the first malformed one ends it.
-        assert await post(session, replica.url, sid, "\x1e".join(["42["] * 10)) == 400
-        assert await post(session, replica.url, sid, '42["message",{"text":"hi"}]') == 400
+        first = await post(session, replica.url, sid, "\x1e".join(["42["] * 10))
+        then = await post(session, replica.url, sid, '42["message",{"text":"hi"}]')
     figures = watch.report("malformed packets over long-polling")
+    assert (first, then) == (400, 400)
     assert_bounded(figures, lines=10)
     assert sum("malformed packet" in line for line in watch.new_lines()) == 1
 
@@ -154,8 +163,12 @@ async def test_bad_polling_bodies_get_400_and_one_line(one, body):
     watch = Watch(cluster, replica)
     async with aiohttp.ClientSession(headers={"X-Real-IP": "10.1.0.5"}) as session:
         sid = await poll_session(session, replica.url)
-        assert await post(session, replica.url, sid, body) == 400
-    figures = watch.report(f"bad polling body {str(body)[:20]!r}")
+        try:
+            status = await asyncio.wait_for(post(session, replica.url, sid, body), 5)
+        except TimeoutError:
+            status = "no answer within 5 s"
+    figures = watch.report(f"bad polling body {str(body)[:20]!r}: {status}")
+    assert status == 400
     assert_bounded(figures, lines=10)
 
 
@@ -167,8 +180,9 @@ async def test_frames_that_are_not_engineio_close_the_websocket(one, frame):
         ws = await ws_session(session, replica.url, headers={"X-Real-IP": "10.1.0.7"})
         await ws.receive(timeout=5)  # connect
         await ws.send_str(frame)
-        assert await closed_within(ws, 3)
+        closed = await closed_within(ws, 3)
     figures = watch.report(f"WebSocket frame {frame[:10]!r}")
+    assert closed
     assert_bounded(figures, lines=10)
 
 
@@ -192,8 +206,9 @@ async def test_json_is_equally_strict_everywhere(one, where, payload):
             with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                 for _ in range(200):  # the 200 frames
                     await ws.send_str('42["message",{"text":' + payload + "}]")
-        assert await closed_within(ws, 3)
+        closed = await closed_within(ws, 3)
     figures = watch.report(f"JSON {payload[:12]!r}… as {where}")
+    assert closed
     assert_bounded(figures, lines=10)
     assert sum("not accepted JSON" in line for line in watch.new_lines()) == 1
 
@@ -208,7 +223,7 @@ async def test_log_lines_are_limited_per_client(one):
         for _ in range(100):
             ws = await ws_session(session, replica.url, headers=flooder)
             await ws.send_str("45x-[]")
-            await closed_within(ws, 3)
+            await closed_within(ws, 1)
         ws = await ws_session(session, replica.url, headers={"X-Real-IP": "10.3.0.1"})
         await ws.send_str("42[")
         await closed_within(ws, 3)
