@@ -93,7 +93,6 @@ class UncompressedWebSocket(eio_aiohttp.WebSocket):
         socket = getattr(self.handler, "__self__", None)
         why = "binary frame refused" if isinstance(data, bytes) else "not an Engine.IO packet"
         await self.server.refuse_client(getattr(socket, "sid", "?"), why, data)
-        self.abort()
         raise OSError(why)
 
     async def send(self, message):

@@ -139,6 +139,18 @@ class RawWebSocket:
             return True
         return True
 
+    def server_closed(self, server_port: int) -> bool:
+        """Whether the server's end of this connection has left ESTABLISHED
+        (read from /proc/net/tcp, so without reading from the socket)."""
+        client_port = self.sock.getsockname()[1]
+        local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+        with open("/proc/net/tcp") as table:
+            for row in table.read().splitlines()[1:]:
+                fields = row.split()
+                if fields[1] == local and fields[2] == remote:
+                    return fields[3] != "01"  # 01: ESTABLISHED
+        return True  # gone altogether
+
     def close(self) -> None:
         self.sock.close()
 

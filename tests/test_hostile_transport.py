@@ -74,11 +74,16 @@ async def test_binary_attachments_are_refused(cluster_factory):
         ws = await ws_session(session, replica.url, headers={"X-Real-IP": "10.1.0.2"})
         await ws.send_bytes(chunk)
         unannounced_closed = await closed_within(ws, 3)
+        # Announced over long-polling: refused before any attachment arrives.
+    async with aiohttp.ClientSession(headers={"X-Real-IP": "10.1.0.8"}) as session:
+        sid = await poll_session(session, replica.url)
+        polled = await post(session, replica.url, sid,
+                            '451-["message",{"_placeholder":true,"num":0}]')
     figures = watch.report(f"binary attachments ({sent} frames of 32 KB sent, "
                            f"{time.monotonic() - started:.1f} s)")
-    assert announced_closed and unannounced_closed
+    assert announced_closed and unannounced_closed and polled == 400
     assert_bounded(figures)
-    assert sum("binary" in line and "refused" in line for line in watch.new_lines()) == 2
+    assert sum("binary" in line and "refused" in line for line in watch.new_lines()) == 3
 
 
 @pytest.mark.parametrize("mode", ["socketio", "pubsub"])
@@ -106,9 +111,10 @@ async def test_a_client_that_does_not_read_is_disconnected(cluster_factory, conn
                 await asyncio.sleep(0.05)
                 watch.sample()
         left = await until(lambda: health(replica.url)["clients"] == 1, 10)
-        watch.sample()
+        # Closed by the replica while the client still reads nothing.
+        cut = await until(lambda: reader.server_closed(replica.port), 5)
         figures = watch.report(f"a client that does not read ({mode})")
-        assert left
+        assert left and cut
         assert await asyncio.to_thread(reader.closed_by_server, 10)
     finally:
         reader.close()
@@ -131,10 +137,19 @@ async def test_a_malformed_frame_closes_its_websocket(one):
         except (ConnectionError, aiohttp.ClientError):
             pass
         closed = ws.closed or await closed_within(ws, 3)
+    # A client that ignores the close handshake is cut off all the same.
+    raw = RawWebSocket(replica.port)
+    try:
+        raw.send_text('40{"name":"deaf"}')
+        await asyncio.sleep(0.2)
+        raw.send_text("42[")
+        raw_closed = await asyncio.to_thread(raw.closed_by_server, 3)
+    finally:
+        raw.close()
     figures = watch.report(f"malformed frames over WebSocket ({frames} sent)")
-    assert closed
+    assert closed and raw_closed
     assert_bounded(figures, lines=10)
-    assert sum("malformed packet" in line for line in watch.new_lines()) == 1
+    assert sum("malformed packet" in line for line in watch.new_lines()) == 2
 
 
 async def test_a_malformed_post_closes_its_polling_session(one):
