@@ -43,7 +43,7 @@ import socketio
 
 from .backplane import BackplaneUnavailable
 from .delivery import Sequencer
-from .history import HistoryUnavailable, resume_gap, within
+from .history import HistoryUnavailable, resume_gap
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import (
@@ -55,6 +55,7 @@ from .protocol import (
     parse_auth,
     parse_resume,
     room_of,
+    within,
 )
 from .settings import Settings
 

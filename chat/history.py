@@ -86,24 +86,6 @@ def resume_gap(piece: Slice, epoch: str | None, after: int) -> str | None:
     return None
 
 
-def within(messages: list[dict], max_bytes: int, newest: bool = False) -> list[dict]:
-    """The oldest messages (or with ``newest`` the newest) whose JSON adds
-    up to at most ``max_bytes``, in order; never fewer than one, so an
-    answer cut this way always moves its reader forward.  One answer then
-    costs at most ``max_bytes`` (``HISTORY_MAX_BYTES``) however long the
-    room's messages are."""
-    order = reversed(messages) if newest else iter(messages)
-    total = count = 0
-    for message in order:
-        total += len(jsonio.dumps(message).encode())
-        if total > max_bytes and count:
-            break
-        count += 1
-    if count == len(messages):
-        return messages
-    return messages[-count:] if newest else messages[:count]
-
-
 class Cursor:
     """Where a reader stands in a room's numbered history, and what to do
     with each message that arrives (pure bookkeeping, no I/O).

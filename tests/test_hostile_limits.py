@@ -1,5 +1,6 @@
 """Issue 12: the decode paths fuzzed over both transports against a live
-replica, and ``python -m chat`` at its file-descriptor limit.
+replica, history answers bounded in bytes, and ``python -m chat`` at its
+file-descriptor limit.
 
 Whatever a client sends, the replica stays up and answers ``/healthz``, its
 log holds no traceback, and the lines one client causes stay bounded.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import secrets
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from test_fuzz import LoopThread
 from chat.cluster import free_port, stop_pid
 
 pytestmark = [pytest.mark.slow, pytest.mark.hostile]
+FAST = {"MESSAGE_RATE": "1000", "MESSAGE_BURST": "1000"}
 
 
 def nested(depth: int) -> str:
@@ -68,8 +71,7 @@ async def one_frame(url: str, transport: str, frame) -> None:
 
 @pytest.fixture
 def live(shared_clusters):
-    cluster = shared_clusters(replicas=1, mode="pubsub", proxy=False,
-                              env={"MESSAGE_RATE": "1000", "MESSAGE_BURST": "1000"})
+    cluster = shared_clusters(replicas=1, mode="pubsub", proxy=False, env=FAST)
     runner = LoopThread()
     yield cluster, cluster.replicas[0], runner
     runner.close()
@@ -96,6 +98,38 @@ def test_fuzzed_frames_leave_the_replica_serving_and_its_log_clean(live):
     # All of it came from one address: the per-client limit holds it to a
     # few lines a minute and a summary.
     assert len(warnings) < 50, warnings[-5:]
+
+
+async def test_history_answers_are_bounded_in_bytes(shared_clusters, connect, mode):
+    cap = 65_536
+    cluster = shared_clusters(replicas=1, mode=mode, proxy=False,
+                              env={**FAST, "HISTORY_MAX_BYTES": str(cap)})
+    replica = cluster.replicas[0]
+    room = f"long-{secrets.token_hex(3)}"
+    ana = await connect(replica.url, "ana", room=room)
+    for i in range(100):  # about 210 KB of messages
+        assert (await ana.send(f"{i} " + "w" * 1990))["ok"]
+    got, after, answers = [], 0, 0
+    while True:
+        answer = await ana.sio.call("history", {"after": after}, timeout=5)
+        answers += 1
+        assert answer["ok"] and answer["gap"] is None
+        assert len(json.dumps(answer["messages"]).encode()) <= cap + 1024
+        got += answer["messages"]
+        after = got[-1]["seq"]
+        if not answer["truncated"]:
+            break
+    assert [m["seq"] for m in got] == list(range(1, 101)) and answers >= 4
+    # A newcomer gets the newest that fit; a resume that does not fit gets
+    # them too, with a gap saying why.
+    bia = await connect(replica.url, "bia", room=room)
+    assert bia.welcome["history"][-1]["seq"] == 100
+    assert len(json.dumps(bia.welcome["history"]).encode()) <= cap + 1024
+    caio = await connect(replica.url, "caio", auth={
+        "name": "caio", "room": room, "resume": {"epoch": got[0]["epoch"], "seq": 0}})
+    assert "HISTORY_MAX_BYTES" in caio.welcome["gap"]
+    assert caio.welcome["history"][-1]["seq"] == 100
+
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

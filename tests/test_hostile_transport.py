@@ -264,32 +264,25 @@ async def test_the_replica_serves_on_after_the_attacks(one, connect):
           f"{json.dumps(health(replica.url))}")
 
 
-async def test_history_answers_are_bounded_in_bytes(shared_clusters, connect, mode):
-    cap = 65_536
-    cluster = shared_clusters(replicas=1, mode=mode, proxy=False,
-                              env={**FAST, "HISTORY_MAX_BYTES": str(cap)})
+async def test_a_polling_client_that_never_fetches_is_disconnected(cluster_factory, connect):
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False, env=FAST)
     replica = cluster.replicas[0]
-    room = f"long-{secrets.token_hex(3)}"
-    ana = await connect(replica.url, "ana", room=room)
-    for i in range(100):  # about 210 KB of messages
-        assert (await ana.send(f"{i} " + "w" * 1990))["ok"]
-    got, after, answers = [], 0, 0
-    while True:
-        answer = await ana.sio.call("history", {"after": after}, timeout=5)
-        answers += 1
-        assert answer["ok"] and answer["gap"] is None
-        assert len(json.dumps(answer["messages"]).encode()) <= cap + 1024
-        got += answer["messages"]
-        after = got[-1]["seq"]
-        if not answer["truncated"]:
-            break
-    assert [m["seq"] for m in got] == list(range(1, 101)) and answers >= 4
-    # A newcomer gets the newest that fit; a resume that does not fit gets
-    # them too, with a gap saying why.
-    bia = await connect(replica.url, "bia", room=room)
-    assert bia.welcome["history"][-1]["seq"] == 100
-    assert len(json.dumps(bia.welcome["history"]).encode()) <= cap + 1024
-    caio = await connect(replica.url, "caio", auth={
-        "name": "caio", "room": room, "resume": {"epoch": got[0]["epoch"], "seq": 0}})
-    assert "HISTORY_MAX_BYTES" in caio.welcome["gap"]
-    assert caio.welcome["history"][-1]["seq"] == 100
+    room = f"busy-{secrets.token_hex(3)}"
+    sender = await connect(replica.url, "sender", room=room)
+    watch = Watch(cluster, replica)
+    async with aiohttp.ClientSession() as session:
+        sid = await poll_session(session, replica.url, name="sloth")
+        assert await post(session, replica.url, sid, '42["join",{"room":"' + room + '"}]') == 200
+        for i in range(800):  # about 1.6 MB for a client that never polls again
+            await sender.sio.emit("message", {"text": f"{i} " + "q" * 1990})
+            if i % 50 == 0:
+                await asyncio.sleep(0.05)
+                watch.sample()
+        left = await until(lambda: health(replica.url)["clients"] == 1, 10)
+        async with session.get(f"{replica.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+                               ) as response:
+            status = response.status  # the session is gone
+    figures = watch.report("a polling client that never fetches")
+    assert left and status == 400
+    assert_bounded(figures)
+    assert sum("does not read" in line for line in watch.new_lines()) == 1
