@@ -60,6 +60,10 @@ def test_cors_origins_parsed():
     ({"HISTORY_ON_JOIN": "-1"}, "HISTORY_ON_JOIN", ">= 0"),
     ({"HISTORY_LENGTH": "10", "HISTORY_ON_JOIN": "50"}, "HISTORY_ON_JOIN", "HISTORY_LENGTH=10"),
     ({"PRESENCE_TTL": "0.5"}, "PRESENCE_TTL", ">= 1"),
+    ({"HISTORY_MAX_BYTES": "many"}, "HISTORY_MAX_BYTES", "whole number"),
+    ({"HISTORY_MAX_BYTES": "2000"}, "HISTORY_MAX_BYTES", "MAX_FRAME_BYTES=32768"),
+    ({"MAX_QUEUED_BYTES": "512"}, "MAX_QUEUED_BYTES", ">= 1024"),
+    ({"MAX_QUEUED_BYTES": "100000"}, "MAX_QUEUED_BYTES", "HISTORY_MAX_BYTES"),
 ])
 def test_bad_value_names_the_variable(env, variable, accepts):
     with pytest.raises(SettingsError) as info:
