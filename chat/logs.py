@@ -109,42 +109,51 @@ def client_address(environ) -> str:
 
 
 class ClientLog:
-    """Warnings caused by one client: at most ``burst`` lines per client per
+    """Warnings caused by clients: at most ``burst`` lines per client per
     ``interval`` s, then one line saying the rest is held back, and the count
     held back with that client's first line of the next interval.
 
     Keyed by the client's address, so one client's flood does not silence
-    another's line.  At most ``clients`` addresses are remembered (the
+    another's line.  The address is X-Real-IP when there is one, which NGINX
+    sets; a client that reaches a replica directly could write a new one per
+    connection, so all clients together are held to ``total`` lines per
+    interval as well.  At most ``clients`` addresses are remembered (the
     oldest are forgotten first), so the bookkeeping is bounded too.
     """
 
-    def __init__(self, logger: logging.Logger, burst: int = 10, interval: float = 60.0,
-                 clients: int = 10_000):
+    EVERYONE = "all clients"
+
+    def __init__(self, logger: logging.Logger, burst: int = 10, total: int = 200,
+                 interval: float = 60.0, clients: int = 10_000):
         self.logger = logger
+        self.limits = {self.EVERYONE: total}
         self.burst = burst
         self.interval = interval
         self.clients = clients
         self.windows: dict[str, list] = {}  # address -> [start, lines, held]
 
     def warning(self, client: str, msg: str, *args) -> None:
+        if self._admit(client) and self._admit(self.EVERYONE):
+            self.logger.warning(msg, *args)
+
+    def _admit(self, key: str) -> bool:
         now = time.monotonic()
-        window = self.windows.get(client)
+        window = self.windows.get(key)
         if window is None or now - window[0] >= self.interval:
             if window is not None and window[2]:
-                self.logger.warning("%d more lines caused by %s were held back", window[2],
-                                    client)
-            self.windows.pop(client, None)
+                self.logger.warning("%d more lines caused by %s were held back", window[2], key)
+            self.windows.pop(key, None)
             if len(self.windows) >= self.clients:
-                del self.windows[next(iter(self.windows))]
-            window = self.windows[client] = [now, 0, 0]
-        if window[1] < self.burst:
+                del self.windows[next(k for k in self.windows if k != self.EVERYONE)]
+            window = self.windows[key] = [now, 0, 0]
+        if window[1] < self.limits.get(key, self.burst):
             window[1] += 1
-            self.logger.warning(msg, *args)
-            return
+            return True
         window[2] += 1
         if window[2] == 1:
             self.logger.warning("too many lines caused by %s: holding its lines back for "
-                                "%.0f s", client, self.interval - (now - window[0]))
+                                "%.0f s", key, self.interval - (now - window[0]))
+        return False
 
 
 # What accept() fails with when the process or the system is out of file
