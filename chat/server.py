@@ -5,9 +5,9 @@ and broadcasts written straight to idle WebSockets.
 Hardening, in the order a packet meets it:
 
 * A frame that does not decode ("42[", "45x-[]", an event packet with no
-  event name, JSON nested too deep or with a 70-digit integer, see
-  ``chat/jsonio.py``) raises from deep inside the library, which would log a
-  traceback per frame.  Here it costs one warning line and the connection:
+  event name, JSON nested too deep or holding NaN, see ``chat/jsonio.py``)
+  raises from deep inside the library, which would log a traceback per
+  frame.  Here it costs one warning line and the connection:
   a client that speaks broken Socket.IO is buggy or hostile, and talking on
   helps no one.  The close is real (``chat/guard.py``): the WebSocket's TCP
   connection is aborted, so no further frame of that client is read.
