@@ -19,7 +19,7 @@ from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY,
 from .backplane import create_manager
 from .events import ChatNamespace
 from .history import MemoryHistory, RedisHistory
-from .logs import setup_logging
+from .logs import quiet_accept_errors, setup_logging
 from .metrics import Metrics
 from .presence import MemoryStore, Presence, RedisStore
 from .redis_clients import store_client
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         client_manager=manager,
         cors_allowed_origins=_cors(settings),
         max_http_buffer_size=settings.max_frame_bytes,
+        max_queued_bytes=settings.max_queued_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         # Run each client's events in the order they arrive, one at a time,
@@ -80,9 +81,16 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[CONNECTIONS] = set()
     sio.attach(app)
     setup_routes(app)
+    app.on_startup.append(lambda app: _quiet_accepts(logger))
     app.cleanup_ctx.append(backplane_lifetime)
     app.on_shutdown.append(drain)
     return app
+
+
+async def _quiet_accepts(logger: logging.Logger) -> None:
+    """One line per interval, not a traceback per retry, when the loop that
+    runs the app (asyncio's or uvloop's) cannot accept for want of descriptors."""
+    quiet_accept_errors(asyncio.get_running_loop(), logger)
 
 
 @web.middleware

@@ -18,7 +18,8 @@ Events (namespace ``/``; README.md has the full table):
 * client -> server ``join`` ``{"room"}``; ack ``{"ok", "room", "history", ...}``.
   Every check (rate limit, name, room limits) comes before the client
   leaves its room, so a refused join leaves it where it was.
-* client -> server ``history`` ``{"after": seq}``: the messages after ``seq``.
+* client -> server ``history`` ``{"after": seq}``: the messages after ``seq``,
+  at most ``HISTORY_MAX_BYTES`` of them (``truncated``: ask again for the rest).
 * client -> server ``presence``: the room's members on every replica.
 * client -> server ``typing`` ``{"typing": bool}``; relayed to the room.
 * server -> room ``presence`` ``{"joined", "left", "count"}`` as people come
@@ -60,6 +61,7 @@ from .protocol import (
     parse_resume,
     room_of,
     typing_flag,
+    within,
 )
 from .rooms import RoomGate
 from .settings import Settings
@@ -70,6 +72,7 @@ UNKNOWN = ("unknown: the chat's storage (Redis) did not answer in time, so the m
            "may or may not be stored; sending it again with the same id is safe")
 TOO_MANY = "rate limit: too many requests, slow down"
 NO_HISTORY = "history unavailable: the chat's storage (Redis) does not answer"
+TOO_MUCH_MISSED = "you missed more than one answer carries (HISTORY_MAX_BYTES)"
 CLIENT_EVENTS = frozenset({"message", "join", "typing", "history", "presence"})
 
 
@@ -204,17 +207,18 @@ class ChatNamespace(socketio.AsyncNamespace):
                 epoch, after = resume
                 piece = await self.history.since(room, after, s.history_length)
                 gap = resume_gap(piece, epoch, after)
-                if gap is None:
+                if gap is None and within(piece.messages, s.history_max_bytes) is piece.messages:
                     return {"epoch": piece.epoch, "seq": piece.last,
                             "history": piece.messages, "resumed": True, "gap": None}
+                gap = gap or TOO_MUCH_MISSED
             piece = await self.history.tail(room, s.history_on_join)
         except HistoryUnavailable as exc:
             self.metrics.history_failures.inc()
             self.log.warning("history of %r unavailable: %s", room, exc)
             return {"epoch": None, "seq": 0, "history": [], "resumed": False,
                     "gap": NO_HISTORY}
-        return {"epoch": piece.epoch, "seq": piece.last, "history": piece.messages,
-                "resumed": False, "gap": gap}
+        return {"epoch": piece.epoch, "seq": piece.last, "resumed": False, "gap": gap,
+                "history": within(piece.messages, s.history_max_bytes, newest=True)}
 
     async def on_disconnect(self, sid, reason=None):
         client = self.clients.pop(sid, None)
@@ -317,8 +321,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.metrics.history_failures.inc()
             return refusal(NO_HISTORY)
         gap = resume_gap(piece, piece.epoch if epoch is None else epoch, after)
+        # At most HISTORY_MAX_BYTES of messages: "truncated" tells the client
+        # to ask again after the last one it got.
+        messages = within(piece.messages, self.settings.history_max_bytes)
         return {"ok": True, "room": client.room, "epoch": piece.epoch, "seq": piece.last,
-                "messages": piece.messages, "gap": gap}
+                "messages": messages, "gap": gap,
+                "truncated": messages is not piece.messages}
 
     async def on_presence(self, sid, payload):
         client = self.clients[sid]

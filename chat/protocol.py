@@ -13,6 +13,8 @@ import re
 import time
 import uuid
 
+from . import jsonio
+
 DEFAULT_ROOM = "general"
 MAX_NAME_LENGTH = 32
 MAX_ROOM_LENGTH = 32
@@ -173,3 +175,21 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+def within(messages: list[dict], max_bytes: int, newest: bool = False) -> list[dict]:
+    """The oldest messages (or with ``newest`` the newest) whose JSON adds
+    up to at most ``max_bytes``, in order; never fewer than one, so an
+    answer cut this way always moves its reader forward.  One answer then
+    costs at most ``max_bytes`` (``HISTORY_MAX_BYTES``) however long the
+    room's messages are."""
+    order = reversed(messages) if newest else iter(messages)
+    total = count = 0
+    for message in order:
+        total += len(jsonio.dumps(message).encode())
+        if total > max_bytes and count:
+            break
+        count += 1
+    if count == len(messages):
+        return messages
+    return messages[-count:] if newest else messages[:count]

@@ -1,15 +1,31 @@
-"""python-socketio's AsyncServer: hardened against malformed packets and
-against sessions that close while connecting, with WebSocket compression
-off, a lighter send queue and environ per connection, and broadcasts written
+"""python-socketio's AsyncServer: hardened against hostile clients and against
+sessions that close while connecting, with WebSocket compression off, a
+lighter send queue and environ per connection, and broadcasts written
 straight to idle WebSockets.
 
-The library decodes each Engine.IO message into a Socket.IO packet and
-dispatches it; a frame that does not decode ("42[", "45x-[]", an event
-packet with no event name...) raises from deep inside, and Engine.IO logs a
-full traceback for every such frame.  One hostile client could then fill the
-logs.  Here a malformed frame costs one warning line, and the connection
-that sent it is closed: a client that speaks broken Socket.IO is either
-buggy or hostile, and in both cases talking on helps no one.
+Hardening, in the order a packet meets it:
+
+* A frame that does not decode ("42[", "45x-[]", an event packet with no
+  event name, JSON nested too deep or holding NaN, see ``chat/jsonio.py``)
+  raises from deep inside the library, which would log a traceback per
+  frame.  Here it costs one warning line and the connection:
+  a client that speaks broken Socket.IO is buggy or hostile, and talking on
+  helps no one.  The close is real (``chat/guard.py``): the WebSocket's TCP
+  connection is aborted, so no further frame of that client is read.
+* Binary packets (Socket.IO types 5 and 6, and binary frames) are refused
+  the same way: the chat has no binary events, and the library would hold
+  every announced attachment in memory until the announced count arrived.
+  So is a WebSocket frame that is no Engine.IO packet at all
+  (``UncompressedWebSocket.wait``).
+* Long-polling bodies that do not decode are answered 400 (``GuardedSocket``).
+* Every connection's outgoing bytes are capped (``MAX_QUEUED_BYTES``): its
+  ``SendQueue`` counts what waits plus its TCP write buffer, and a client
+  that stops reading is disconnected once over the cap, what waited for it
+  dropped at once.
+* The warning lines one client causes are bounded (``chat.logs.ClientLog``).
+* A session that closed while its connect handler ran (a long-polling CLOSE
+  posted beside the CONNECT) is disconnected once the connect completes,
+  instead of living on as a ghost (``_disconnect_if_gone``).
 """
 
 from __future__ import annotations
@@ -18,7 +34,12 @@ import asyncio
 
 import socketio
 from aiohttp import web
+from engineio import async_socket
 from engineio.async_drivers import aiohttp as eio_aiohttp
+
+from .guard import GuardedSocket, shut
+from .logs import ClientLog, client_address
+from .sendqueue import SendQueue
 
 # A connection whose TCP buffer holds more than this gets its broadcasts
 # through Engine.IO's queue again, which waits for the buffer to drain.
@@ -26,6 +47,7 @@ DIRECT_BUFFER_LIMIT = 64 * 1024
 # What write() reads of an Engine.IO socket (engineio's AsyncSocket; not an
 # API).  A version without these gets every packet through the queue.
 ENGINEIO_STATE = ("upgraded", "upgrading", "queue", "last_ping", "closed")
+ENGINEIO_TYPES = frozenset("0123456")
 KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "HTTP_X_REAL_IP",
                 "HTTP_USER_AGENT")
 
@@ -51,6 +73,8 @@ class UncompressedWebSocket(eio_aiohttp.WebSocket):
         socket = getattr(self.handler, "__self__", None)
         if socket is not None and all(hasattr(socket, name) for name in ENGINEIO_STATE):
             socket.direct = self
+            if isinstance(socket.queue, SendQueue):  # its TCP buffer counts too
+                socket.queue.transport = self.transport
         else:  # an Engine.IO that no longer looks like this: queue path only
             socket = None
         try:
@@ -60,12 +84,32 @@ class UncompressedWebSocket(eio_aiohttp.WebSocket):
                 socket.direct = None
         return self._sock
 
+    async def wait(self):
+        """The next frame, if it is a text Engine.IO packet (types 0 to 6).
+
+        Anything else, a binary frame (the chat has none), an empty frame, a
+        packet type Engine.IO does not know, would reach code that raises or
+        logs a traceback for it: the client is refused here, and the OSError
+        ends Engine.IO's read loop as a closed connection does."""
+        data = await super().wait()
+        if isinstance(data, str) and data[:1] in ENGINEIO_TYPES:
+            return data
+        socket = getattr(self.handler, "__self__", None)
+        why = "binary frame refused" if isinstance(data, bytes) else "not an Engine.IO packet"
+        await self.server.refuse_client(getattr(socket, "sid", "?"), why, data)
+        raise OSError(why)
+
     async def send(self, message):
         self.sending = True
         try:
             await super().send(message)
         finally:
             self.sending = False
+
+    def abort(self) -> None:
+        """Drop the TCP connection, unsent bytes and all (``guard.shut``)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def write(self, frame: bytes, socket, now: float) -> bool:
         """Write a prebuilt WebSocket frame now, if that keeps the order.
@@ -106,90 +150,28 @@ def text_frame(payload: str) -> bytes:
     return header + data
 
 
-class SendQueue:
-    """The per-connection queue Engine.IO's writer takes packets from.
-
-    Engine.IO gives every connection an ``asyncio.Queue`` (four deques and an
-    Event: about 2.4 KB) and its writer waits on it with
-    ``asyncio.wait_for(queue.get(), ...)``, which wraps the ``get()``
-    coroutine in a new Task on every wake-up: once per connection per
-    broadcast.  This queue keeps one list, and ``get()`` returns a plain
-    Future, which ``wait_for`` awaits as it is, without a Task.  It has the
-    methods Engine.IO calls (``put``/``put_nowait``, ``get``/``get_nowait``,
-    ``task_done``, ``join``, ``empty``, ``qsize``), with asyncio.Queue's
-    meaning, unbounded; one reader at a time, as Engine.IO uses it.
-    """
-
-    __slots__ = ("_done", "_getter", "_items", "_unfinished")
-
-    def __init__(self):
-        # A list, not a deque: an idle connection's queue is empty, and an
-        # empty deque costs 600 bytes; a busy one holds a few packets.
-        self._items: list = []
-        self._getter: asyncio.Future | None = None
-        self._unfinished = 0
-        self._done: asyncio.Future | None = None
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def put_nowait(self, item) -> None:
-        self._unfinished += 1
-        getter = self._getter
-        if getter is not None and not getter.done():
-            self._getter = None
-            getter.set_result(item)
-        else:
-            self._items.append(item)
-
-    async def put(self, item) -> None:
-        self.put_nowait(item)
-
-    def get_nowait(self):
-        if not self._items:
-            raise asyncio.QueueEmpty
-        return self._items.pop(0)
-
-    def get(self) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        if self._items:
-            future.set_result(self._items.pop(0))
-        else:
-            # A getter cancelled by wait_for's timeout is replaced here; an
-            # item is never handed to a cancelled future (see put_nowait).
-            self._getter = future
-        return future
-
-    def reader_waiting(self) -> bool:
-        """The reader is parked in ``get()`` on an empty queue."""
-        return self._getter is not None and not self._getter.done()
-
-    def task_done(self) -> None:
-        if self._unfinished <= 0:
-            raise ValueError("task_done() called too many times")
-        self._unfinished -= 1
-        if self._unfinished == 0 and self._done is not None:
-            if not self._done.done():
-                self._done.set_result(None)
-            self._done = None
-
-    async def join(self) -> None:
-        if self._unfinished:
-            if self._done is None:
-                self._done = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._done)
-
-
 class ChatServer(socketio.AsyncServer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, max_queued_bytes: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         # The driver table is shared by every Engine.IO server in the
         # process; this server gets its own copy.
         self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
-        self.eio.create_queue = SendQueue
+        self.max_queued_bytes = max_queued_bytes
+        self.eio.create_queue = lambda: SendQueue(self.max_queued_bytes, self._overflowed)
+        self.eio.refuse_client = self.refuse
+        self.client_log = ClientLog(self.logger)
+        self._closing: set[asyncio.Task] = set()
+
+    async def _handle_eio_connect(self, eio_sid, environ):
+        socket = self.eio.sockets.get(eio_sid)
+        if type(socket) is async_socket.AsyncSocket:
+            socket.__class__ = GuardedSocket  # long-polling POSTs checked
+        # Engine.IO's aiohttp driver writes 127.0.0.1 here whoever connects;
+        # the peer's address keys the per-client log limit.
+        request = environ.get("aiohttp.request")
+        if request is not None and request.remote:
+            environ["REMOTE_ADDR"] = request.remote
+        return await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_connect(self, eio_sid, namespace, data):
         await super()._handle_connect(eio_sid, namespace, data)
@@ -238,13 +220,43 @@ class ChatServer(socketio.AsyncServer):
                                           self.reason.CLIENT_DISCONNECT)
 
     async def _handle_eio_message(self, eio_sid, data):
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return  # refused already: the rest of what it sent is not handled
+        if isinstance(data, bytes) or (isinstance(data, str) and data[:1] in ("5", "6")):
+            # No binary event in the chat; the library would hold every
+            # announced attachment until the announced count arrived.
+            return await self.refuse(eio_sid, "binary packet refused", data)
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            # What decoding a broken packet raises (json's errors are
-            # ValueErrors); the chat's own handlers catch their errors.
-            self._binary_packet.pop(eio_sid, None)
-            sample = data[:40] if isinstance(data, str | bytes) else type(data).__name__
-            self.logger.warning("malformed packet from %s (%s: %s): %r; closing it",
-                                eio_sid, type(exc).__name__, exc, sample)
-            await self.eio.disconnect(eio_sid)
+            # What decoding a broken packet raises (JSON's errors are
+            # ValueErrors, chat/jsonio.py); the chat's own handlers catch
+            # their errors.
+            await self.refuse(eio_sid, f"malformed packet ({type(exc).__name__}: {exc})",
+                              data)
+
+    async def refuse(self, eio_sid, why: str, data) -> None:
+        """One warning line (bounded per client), then the connection is shut."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return  # shut already: what was in flight needs no line
+        sample = data[:40] if isinstance(data, str | bytes) else type(data).__name__
+        self.client_log.warning(client_address(self.environ.get(eio_sid) or {}),
+                                "%s from %s: %r; closing it", why[:160], eio_sid, sample)
+        self._binary_packet.pop(eio_sid, None)
+        await shut(socket)
+
+    def _overflowed(self, queue: SendQueue, backlog: int) -> None:
+        """A connection's queue went over ``max_queued_bytes``: shut it."""
+        found = [item for item in self.eio.sockets.items() if item[1].queue is queue]
+        if not found:
+            return
+        eio_sid, socket = found[0]
+        self.client_log.warning(
+            client_address(self.environ.get(eio_sid) or {}),
+            "%s does not read: %d bytes wait for it (MAX_QUEUED_BYTES=%d); closing it",
+            eio_sid, backlog, self.max_queued_bytes)
+        task = asyncio.ensure_future(shut(socket))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)

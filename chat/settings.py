@@ -57,6 +57,14 @@ class Settings:
     # a reconnecting client can resume within), and how many a newcomer gets.
     history_length: int = 1000
     history_on_join: int = 50
+    # The most bytes of messages one answer carries (a welcome's history, a
+    # ``history`` answer): a room of long messages cannot make one request
+    # cost megabytes.  The rest is asked for again (README, "history").
+    history_max_bytes: int = 262_144
+    # Outgoing bytes a connection may have waiting (its send queue plus its
+    # TCP write buffer): a client that stops reading is disconnected past
+    # this instead of holding the replica's memory.
+    max_queued_bytes: int = 1_048_576
     # Presence: a replica refreshes its users' entries every third of this;
     # the users of a replica that stops refreshing vanish after at most this
     # long (plus one refresh period).
@@ -218,6 +226,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         message_burst=_number(env, "MESSAGE_BURST", d.message_burst, minimum=1),
         history_length=_number(env, "HISTORY_LENGTH", d.history_length, minimum=1),
         history_on_join=_number(env, "HISTORY_ON_JOIN", d.history_on_join, minimum=0),
+        history_max_bytes=_number(env, "HISTORY_MAX_BYTES", d.history_max_bytes,
+                                  minimum=1024),
+        max_queued_bytes=_number(env, "MAX_QUEUED_BYTES", d.max_queued_bytes, minimum=1024),
         presence_ttl=_number(env, "PRESENCE_TTL", d.presence_ttl, kind=float, minimum=1),
         redis_max_connections=_number(env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections,
                                       minimum=2),
@@ -235,6 +246,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"MAX_FRAME_BYTES={settings.max_frame_bytes} is not valid: it must hold a "
             f"message of MAX_MESSAGE_LENGTH={settings.max_message_length} characters "
             f"(at least {settings.max_message_length * 4 + 256})"
+        )
+    if settings.history_max_bytes < settings.max_frame_bytes:
+        raise SettingsError(
+            f"HISTORY_MAX_BYTES={settings.history_max_bytes} is not valid: it must hold "
+            f"one message, at least MAX_FRAME_BYTES={settings.max_frame_bytes}"
+        )
+    if settings.max_queued_bytes < 2 * settings.history_max_bytes:
+        raise SettingsError(
+            f"MAX_QUEUED_BYTES={settings.max_queued_bytes} is not valid: it must hold a "
+            f"history answer and more, at least 2 x HISTORY_MAX_BYTES "
+            f"({2 * settings.history_max_bytes})"
         )
     if settings.history_on_join > settings.history_length:
         raise SettingsError(

@@ -17,7 +17,7 @@ import secrets
 import aiohttp
 import pytest
 import redis
-from hostile import ENV, TTL, refused_reason, settle, stays_in, websocket_visit
+from leftovers import ENV, TTL, refused_reason, settle, stays_in, websocket_visit
 
 pytestmark = [pytest.mark.slow, pytest.mark.hostile]
 

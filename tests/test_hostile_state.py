@@ -24,7 +24,7 @@ import secrets
 import aiohttp
 import pytest
 import redis
-from hostile import (
+from leftovers import (
     ENV,
     TTL,
     connected_gauge,

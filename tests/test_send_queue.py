@@ -56,3 +56,36 @@ async def test_join_waits_until_every_item_is_done():
     await asyncio.wait_for(joined, 1)
     with pytest.raises(ValueError):
         queue.task_done()
+
+
+class Packet:
+    def __init__(self, data):
+        self.data = data
+
+
+async def test_over_its_limit_the_queue_drops_everything_and_says_so_once():
+    overflows = []
+    queue = SendQueue(limit=100, overflow=lambda q, backlog: overflows.append(backlog))
+    queue.put_nowait(Packet("x" * 60))
+    assert queue.size == 60 and not overflows
+    joined = asyncio.ensure_future(queue.join())
+    queue.put_nowait(Packet("y" * 60))  # 120 > 100
+    assert overflows == [120]
+    assert queue.empty() and queue.size == 0
+    queue.put_nowait(Packet("z"))  # refused from now on
+    assert queue.empty() and overflows == [120]
+    await asyncio.wait_for(joined, 1)  # nothing left to wait for
+    queue.put_nowait(None)  # Engine.IO's "stop" still reaches the writer
+    assert await asyncio.wait_for(queue.get(), 1) is None
+
+
+async def test_the_limit_counts_the_transport_buffer_too():
+    class Transport:
+        def get_write_buffer_size(self):
+            return 90
+
+    overflows = []
+    queue = SendQueue(limit=100, overflow=lambda q, backlog: overflows.append(backlog))
+    queue.transport = Transport()
+    queue.put_nowait(Packet("x" * 20))
+    assert overflows == [110]

@@ -70,6 +70,10 @@ def test_cors_origins_parsed():
     ({"REDIS_MAX_CONNECTIONS": "1"}, "REDIS_MAX_CONNECTIONS", ">= 2"),
     ({"ROOMS_PER_MINUTE": "0"}, "ROOMS_PER_MINUTE", ">= 1"),
     ({"MAX_ROOMS": "many"}, "MAX_ROOMS", "whole number"),
+    ({"HISTORY_MAX_BYTES": "many"}, "HISTORY_MAX_BYTES", "whole number"),
+    ({"HISTORY_MAX_BYTES": "2000"}, "HISTORY_MAX_BYTES", "MAX_FRAME_BYTES=32768"),
+    ({"MAX_QUEUED_BYTES": "512"}, "MAX_QUEUED_BYTES", ">= 1024"),
+    ({"MAX_QUEUED_BYTES": "100000"}, "MAX_QUEUED_BYTES", "HISTORY_MAX_BYTES"),
 ])
 def test_bad_value_names_the_variable(env, variable, accepts):
     with pytest.raises(SettingsError) as info:

@@ -303,7 +303,13 @@
     const asked = { after: cursor.seq, epoch: cursor.epoch };
     socket.timeout(ACK_TIMEOUT_MS).emit("history", asked, (err, answer) => {
       if (!err && answer && answer.ok) {
-        for (const message of answer.messages || []) feed(message);
+        const messages = answer.messages || [];
+        for (const message of messages) feed(message);
+        // An answer carries at most HISTORY_MAX_BYTES: ask for the rest.
+        if (answer.truncated && messages.length && cursor.waiting.size && !answer.gap) {
+          repair();
+          return;
+        }
         done(answer.gap);
       } else {
         done((answer && answer.error) || (err && err.message));

@@ -215,17 +215,21 @@ class Session:
             await asyncio.sleep(0.2)  # it may still arrive on its own
             if not self.cursor.behind:
                 return
-            try:
-                answer = await self.sio.call(
-                    "history", {"after": self.cursor.seq, "epoch": self.cursor.epoch},
-                    timeout=5)
-            except socketio.exceptions.SocketIOError:
-                answer = None
-            if isinstance(answer, dict) and answer.get("ok"):
+            truncated = True
+            while truncated and self.cursor.behind:  # an answer carries a bounded part
+                try:
+                    answer = await self.sio.call(
+                        "history", {"after": self.cursor.seq, "epoch": self.cursor.epoch},
+                        timeout=5)
+                except socketio.exceptions.SocketIOError:
+                    answer = None
+                if not (isinstance(answer, dict) and answer.get("ok")):
+                    break
                 for message in answer.get("messages") or []:
                     self._show(self.cursor.feed(message))
                 if answer.get("gap"):
                     self.on_gap(str(answer["gap"]))
+                truncated = answer.get("truncated") and answer.get("messages")
             if self.cursor.behind:
                 self.on_gap("some messages could not be fetched")
                 self._show(self.cursor.skip())

@@ -1,6 +1,7 @@
-"""What the hostile-client tests (issue 12) share: raw Engine.IO and
-Socket.IO sessions (where the python-socketio client would be too polite),
-and looks at what a replica and Redis hold afterwards."""
+"""What a session leaves behind: raw Engine.IO and Socket.IO sessions that
+connect and vanish (where the python-socketio client would be too polite),
+and looks at what a replica and Redis hold afterwards (the state tests of the
+hostile group: test_hostile_state.py, test_hostile_rooms.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import json
 import urllib.request
 
 import aiohttp
+
+from chat.redis_keys import RedisKeys
+from chat.settings import Settings
 
 TTL = 3.0
 ENV = {"PRESENCE_TTL": str(TTL)}
@@ -28,7 +32,7 @@ def connected_gauge(replica) -> float:
 
 
 def presence_key(room: str) -> str:
-    return f"chat:messages:room:{room}:presence"
+    return RedisKeys(Settings.redis_channel).room_presence(room)
 
 
 def auth_packet(name: str, room: str) -> str:

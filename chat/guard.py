@@ -1,0 +1,80 @@
+"""Closing a hostile connection for good, whatever its transport.
+
+Engine.IO's own ``disconnect(sid)`` is not enough against a client that
+does not cooperate.  It runs the disconnect handlers, queues a CLOSE packet
+and marks the socket closed, then waits for the queue to be written; but
+the WebSocket's read loop never looks at that mark, so a client that
+ignores the CLOSE packet keeps sending frames that are read and handled one
+by one, and a client that does not read at all makes the wait last
+forever.  :func:`shut` instead drops what waits to be sent, aborts the TCP
+connection of a WebSocket (its read loop then ends, as when a client goes
+away), and closes the Engine.IO socket without waiting, which runs the
+chat's disconnect handler at once.
+
+Long-polling gets the same treatment through :class:`GuardedSocket`: a POST
+whose body does not decode (invalid UTF-8, more packets than Engine.IO
+accepts in one payload, a packet type a client does not send) is refused
+with 400 and one log line instead of a traceback and 200 (or, for a packet
+type, a POST that hangs until the client polls again: the library's
+``disconnect`` waits for the CLOSE packet to be fetched), and the packets
+after the one that closed the connection are not handled.
+"""
+
+from __future__ import annotations
+
+from engineio import async_socket, exceptions, packet, payload
+
+# What decoding a polling body can raise: bad UTF-8 and "too many packets"
+# are ValueErrors, a JSONP body without its "d" field a KeyError.
+UNDECODABLE = (ValueError, KeyError, IndexError, TypeError)
+KNOWN_TYPES = frozenset(range(len(packet.packet_names)))
+
+
+async def shut(socket) -> None:
+    """Close an Engine.IO ``socket`` now, without waiting on its client."""
+    if socket.closed or socket.closing:
+        return
+    socket.refused = True
+    queue = socket.queue
+    refuse = getattr(queue, "refuse", None)
+    if refuse is not None:
+        refuse()  # what waits is dropped, and nothing more is queued
+    direct = getattr(socket, "direct", None)
+    if direct is not None:
+        direct.abort()
+    await socket.close(wait=False, abort=True, reason=socket.server.reason.SERVER_DISCONNECT)
+    # A long-poll waiting for packets returns now, with none.
+    queue.put_nowait(None)
+
+
+class GuardedSocket(async_socket.AsyncSocket):
+    """Engine.IO's socket, with a long-polling POST that refuses what does
+    not decode.  ``chat.server.ChatServer`` gives every new socket this
+    class; it adds behaviour only, no state."""
+
+    async def handle_post_request(self, environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= self.server.max_http_buffer_size:
+            await self.server.refuse_client(self.sid, "POST too long", str(length))
+            raise exceptions.ContentTooLongError()  # answered 400
+        body = await environ["wsgi.input"].read(length)
+        try:
+            packets = payload.Payload(encoded_payload=body.decode("utf-8")).packets
+        except UNDECODABLE as exc:
+            await self.server.refuse_client(self.sid, f"undecodable POST ({exc})"[:120], body)
+            raise exceptions.EngineIOError() from None  # answered 400
+        for pkt in packets:
+            try:
+                if pkt.packet_type not in KNOWN_TYPES:  # receive() would log a traceback
+                    raise exceptions.UnknownPacketError()
+                await self.receive(pkt)
+            except exceptions.UnknownPacketError:  # OPEN, PING, NOOP, 7...
+                await self.server.refuse_client(self.sid, "not an Engine.IO packet a client "
+                                                "sends", str(pkt.packet_type))
+            if self.closed:  # the rest is not read
+                if getattr(self, "refused", False):
+                    raise exceptions.EngineIOError()  # answered 400
+                break
