@@ -19,9 +19,9 @@ import urllib.request
 
 import aiohttp
 import pytest
-from raw_clients import WS_PATH, Watch, health, poll_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_clients import WS_PATH, Watch, health, poll_session
 from test_fuzz import LoopThread
 
 from chat.tools.cluster import free_port, stop_pid
