@@ -42,15 +42,25 @@ async def shut(socket) -> None:
     direct = getattr(socket, "direct", None)
     if direct is not None:
         direct.abort()
+    # A long-poll waiting for packets returns now, with none (GuardedSocket.close).
     await socket.close(wait=False, abort=True, reason=socket.server.reason.SERVER_DISCONNECT)
-    # A long-poll waiting for packets returns now, with none.
-    queue.put_nowait(None)
 
 
 class GuardedSocket(async_socket.AsyncSocket):
     """Engine.IO's socket, with a long-polling POST that refuses what does
-    not decode.  ``chat.server.ChatServer`` gives every new socket this
-    class; it adds behaviour only, no state."""
+    not decode, and a close that ends a pending long-poll at once.
+    ``chat.server.ChatServer`` gives every new socket this class; it adds
+    behaviour only, no state."""
+
+    async def close(self, wait=True, abort=False, reason=None):
+        already = self.closed or self.closing
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if abort and not already:
+            # Engine.IO's abort (a client's CLOSE packet) leaves the client's
+            # long-poll GET waiting for the next ping, up to PING_INTERVAL:
+            # the python-socketio client's disconnect() waited that long.
+            # An empty answer now lets it go.
+            self.queue.put_nowait(None)
 
     async def handle_post_request(self, environ):
         try:
