@@ -57,6 +57,9 @@ class Settings:
     # the users of a replica that stops refreshing vanish after at most this
     # long (plus one refresh period).
     presence_ttl: float = 15.0
+    # Seconds between the Sequencer's history catch-ups (chat/delivery.py);
+    # 0 turns the catch-up off, so tests can measure the live backplane alone.
+    catch_up_every: float = 1.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     log_level: str = "INFO"
@@ -178,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         history_length=_number(env, "HISTORY_LENGTH", d.history_length, minimum=1),
         history_on_join=_number(env, "HISTORY_ON_JOIN", d.history_on_join, minimum=0),
         presence_ttl=_number(env, "PRESENCE_TTL", d.presence_ttl, kind=float, minimum=1),
+        catch_up_every=_number(env, "CATCH_UP_EVERY", d.catch_up_every, kind=float),
         ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
         ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),
