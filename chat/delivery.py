@@ -127,11 +127,13 @@ class Sequencer:
                 async with line.lock:
                     if not cursor.behind or self.lines.get(room) is not line:
                         return
-                    first = min(cursor.waiting)
+                    # Every hole up to the last waiting number at once: a
+                    # later hole must be read too, not given up unread.
+                    last = max(cursor.waiting)
                     attempts += 1
                     failed = False
                     try:
-                        found = await self.history.between(room, cursor.seq, first)
+                        found = await self.history.between(room, cursor.seq, last)
                         await self._write(room, self._take(cursor, found))
                     except HistoryUnavailable:
                         self.metrics.history_failures.inc()

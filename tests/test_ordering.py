@@ -96,6 +96,21 @@ async def test_a_hole_the_live_path_does_not_fill_is_read_from_history(quick):
     assert room.written == [1, 2, 3, 4]
 
 
+async def test_every_hole_before_the_last_waiting_number_is_read(quick):
+    """Two holes (2 and 4-5) wait at once: both are read from the history,
+    neither is given up while the history holds it."""
+    room = Room()
+    for i in range(1, 8):
+        await room.history.append("r", {"text": str(i)})
+    epoch = room.history.epoch
+    await room.start(epoch=epoch)
+    for seq in (1, 3, 6, 7):
+        await room.sequencer.accept("r", msg(seq, epoch))
+    await asyncio.sleep(0.1)
+    assert room.written == [1, 2, 3, 4, 5, 6, 7]
+    assert room.sequencer.metrics.recovered._value.get() == 3
+
+
 async def test_a_hole_the_history_no_longer_holds_is_skipped(quick):
     room = Room(MemoryHistory(length=2))
     for i in range(1, 6):
