@@ -133,7 +133,6 @@ async def test_replica_crash(cluster_factory, connect):
     assert victims, "no client landed on replica-2"
 
     cluster.kill_replica("replica-2")
-    killed_at = time.monotonic()
     back = await until(lambda: all(len(c.welcomes) == 2 and c.server != "replica-2"
                                    for c in victims), 5, "victims back on a survivor")
     print(f"\n{len(victims)} clients back {back:.2f} s after SIGKILL")
@@ -147,7 +146,8 @@ async def test_replica_crash(cluster_factory, connect):
     assert (await victims[0].send("after the crash"))["ok"]
     for client in clients:
         await client.wait_for(lambda client=client: "after the crash" in client.texts())
-    assert time.monotonic() - killed_at < 60
+    for client in clients:
+        assert client.texts().count("after the crash") == 1, client.name
 
 
 async def test_sigterm_drains_within_the_grace_period(cluster_factory, connect, readers):
@@ -234,7 +234,14 @@ async def test_flooding_client_is_limited_and_others_stay_fast(cluster_factory, 
     print(f"\nothers while flooding: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms; flooder {len(accepted)} accepted, "
           f"{len(limited)} limited")
-    assert latencies[-1] < 1.0  # a sanity bound, not a benchmark
+    # Exact counts: every calm message reached the others once, and the
+    # flooder's room got exactly what was accepted, nothing refused.
+    calm_texts = sorted(f"{c.name} {i}" for c in others for i in range(10))
+    assert sorted(others[0].texts()) == calm_texts
+    await flooder.wait_for(lambda: len(flooder.texts()) >= len(accepted))
+    assert len(flooder.texts()) == len(accepted)
+    # "Stayed fast" only as "was not queued behind the flood": a sanity bound.
+    assert latencies[-1] < 1.0
 
 
 MALFORMED = ["4", "4garbage", "42", "42[", "42{}", "42[]", '42["message"', "45x-[]",
@@ -263,7 +270,10 @@ async def test_malformed_frames_close_only_their_connection(shared_clusters, con
             assert (await bystander.send(f"after {frame[:10]!r}"))["ok"]
     log = (cluster.logs / "replica-1.log").read_text()
     assert "Traceback" not in log
-    assert log.count("malformed packet") >= len(MALFORMED) - 1
+    # One warning line per frame: the Socket.IO ones name the packet, the one
+    # that is not Engine.IO at all ("x" * 100) is logged by Engine.IO's side.
+    assert log.count("malformed packet") == len(MALFORMED) - 1
+    assert log.count("malformed Engine.IO frame") == 1
 
 
 async def test_connect_disconnect_cycles_leave_memory_and_tasks_flat(cluster_factory):
