@@ -83,7 +83,7 @@ test: install
 # mutates chat/ in place, one mutant at a time, and runs each module's
 # targeted tests (tests/mutation/MODULE.toml); sessions and reports land in
 # .mutation/.  Do not edit chat/ or run tests in this tree meanwhile.
-MUTATION_MODULES ?= delivery protocol history backplane
+MUTATION_MODULES ?= delivery history backplane protocol
 mutation: install
 	@mkdir -p .mutation
 	@git diff --quiet -- chat || { echo "chat/ has uncommitted changes: commit or stash them first"; exit 1; }
@@ -93,7 +93,7 @@ mutation: install
 	  $(BIN)/cr-filter-operators $$db $$cfg && \
 	  $(BIN)/python tests/mutation/sample.py $$cfg $$db && \
 	  $(BIN)/cosmic-ray exec $$cfg $$db && \
-	  $(BIN)/cr-report $$db > .mutation/$$m.txt; \
+	  $(BIN)/cr-report --surviving-only --show-diff $$db > .mutation/$$m.txt; \
 	  tail -n 3 .mutation/$$m.txt; \
 	done
 	@git diff --quiet -- chat || { echo "chat/ was left mutated"; exit 1; }

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 import pytest
 import socketio
+from wire import metric
 
 from chat.backplane import create_manager
 from chat.metrics import Metrics
@@ -87,13 +87,6 @@ async def test_a_stream_crosses_every_replica_whole_on_the_live_path(trio, conne
         assert client.seqs() == sent, client.name
     after = [await metric(r.url, "chat_messages_recovered_total") for r in trio.replicas]
     assert after == before
-
-
-async def metric(url: str, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
-        text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name))
 
 
 async def test_skip_sid_holds_across_replicas(replicas, connect):

@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import pytest
 import redis
-from wire import Stream, check_wire, contiguous
+from wire import Stream, check_wire, contiguous, metric
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +167,7 @@ async def test_a_cut_subscription_costs_the_replicas_clients_nothing(
         assert reader.gaps == []
     assert stream.refused == []
     check_wire(audience, stream.acked)
-    recovered = await asyncio.gather(*(_metric(r.url, "chat_messages_recovered_total")
+    recovered = await asyncio.gather(*(metric(r.url, "chat_messages_recovered_total")
                                        for r in cluster.replicas))
     print(f"\n{mode}: {len(stream.acked)} messages, {killed} subscriptions cut; read back "
           f"from history per replica: {recovered}")
@@ -215,12 +214,3 @@ async def test_a_repair_cut_by_a_reconnection_is_tried_again(cluster_factory, co
     assert reader.servers[-1] == other.server_id
     assert reader.gaps == []
     assert reader.texts[-2:] == ["n 1", "n 2"] and contiguous(reader.seqs)
-
-
-async def _metric(url: str, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
-        text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(name):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0

@@ -60,6 +60,7 @@ def test_cors_origins_parsed():
     ({"HISTORY_ON_JOIN": "-1"}, "HISTORY_ON_JOIN", ">= 0"),
     ({"HISTORY_LENGTH": "10", "HISTORY_ON_JOIN": "50"}, "HISTORY_ON_JOIN", "HISTORY_LENGTH=10"),
     ({"PRESENCE_TTL": "0.5"}, "PRESENCE_TTL", ">= 1"),
+    ({"CATCH_UP_EVERY": "-1"}, "CATCH_UP_EVERY", ">= 0"),
 ])
 def test_bad_value_names_the_variable(env, variable, accepts):
     with pytest.raises(SettingsError) as info:
@@ -102,3 +103,8 @@ def _base_env():
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PORT"))}
+
+
+def test_the_history_catch_up_can_be_turned_off():
+    assert load_settings({}).catch_up_every == 1.0
+    assert load_settings({"CATCH_UP_EVERY": "0"}).catch_up_every == 0.0

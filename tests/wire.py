@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import aiohttp
 import pytest
 
 from chat.session import Session
@@ -168,3 +169,11 @@ class Stream:
 
 def contiguous(seqs: list[int]) -> bool:
     return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+
+async def metric(url: str, name: str) -> float:
+    """A replica's counter, summed over its labels (0 when absent)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name))
