@@ -15,7 +15,7 @@ import pytest
 
 from chat import delivery
 from chat.delivery import Sequencer
-from chat.history import Cursor, MemoryHistory, Slice, resume_gap
+from chat.history import Cursor, HistoryUnavailable, MemoryHistory, Slice, resume_gap
 from chat.metrics import Metrics
 
 
@@ -149,6 +149,80 @@ async def test_a_first_member_starts_where_its_history_ends():
     await room.sequencer.accept("r", msg(9))  # already in the member's history
     await room.sequencer.accept("r", msg(11))
     assert room.written == [11]
+
+
+# -- the catch-up loop ----------------------------------------------------------
+
+class Flaky(MemoryHistory):
+    """A history whose ``heads`` fails ``failures`` times before it answers."""
+
+    def __init__(self, failures: int):
+        super().__init__(length=100)
+        self.failures = failures
+
+    async def heads(self, rooms):
+        if self.failures:
+            self.failures -= 1
+            raise HistoryUnavailable("Redis is unreachable (test)")
+        return await super().heads(rooms)
+
+
+async def test_the_catch_up_loop_runs_and_outlives_a_failing_history(caplog):
+    caplog.set_level(logging.INFO, logger="test")
+    room = Room(Flaky(failures=2))
+    room.sequencer.catch_up_every = 0.01
+    await room.start(epoch=room.history.epoch)
+    for i in range(1, 4):
+        await room.history.append("r", {"text": str(i)})  # stored, never relayed
+    loop = asyncio.ensure_future(room.sequencer.run())
+    try:
+        async with asyncio.timeout(5):
+            while room.written != [1, 2, 3]:
+                await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    failed = [r for r in caplog.records if "catching up failed" in r.getMessage()]
+    again = [r for r in caplog.records if "catching up again" in r.getMessage()]
+    assert (len(failed), len(again)) == (1, 1)  # each change of state said once
+
+
+async def test_the_catch_up_loop_can_be_off():
+    room = Room()
+    room.sequencer.catch_up_every = 0
+    await room.start(epoch=room.history.epoch)
+    await room.history.append("r", {"text": "never relayed"})
+    await asyncio.wait_for(room.sequencer.run(), 1)  # returns at once
+    assert room.written == []
+
+
+async def test_catch_up_reads_every_room_and_forgets_empty_ones():
+    written = []
+    members = {"empty": False, "unknown": True, "r": True}
+    history = MemoryHistory(length=100)
+
+    async def write(room, message):
+        written.append((room, message["seq"]))
+
+    sequencer = Sequencer(history, write, members.__getitem__, Metrics("t", "memory"),
+                          logging.getLogger("test"))
+    for name, epoch in (("empty", history.epoch), ("unknown", None), ("r", history.epoch)):
+        async with sequencer.entering(name) as start:
+            start(epoch, 0)
+    await history.append("r", {"text": "1"})
+    await sequencer.catch_up()
+    await sequencer.catch_up()
+    assert written == [("r", 1)]  # past the room whose position is unknown
+    assert list(sequencer.lines) == ["unknown", "r"]  # nobody is in "empty" any more
+
+
+async def test_after_a_reset_the_catch_up_starts_the_new_numbering_at_one():
+    room = Room()
+    await room.start(epoch="gone", last=40)  # Redis came back empty since
+    for i in range(1, 4):
+        await room.history.append("r", {"text": str(i)})
+    await room.sequencer.catch_up()
+    assert room.written == [1, 2, 3]
 
 
 # -- Cursor (the client side) ------------------------------------------------------
