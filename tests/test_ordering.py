@@ -151,6 +151,74 @@ async def test_a_first_member_starts_where_its_history_ends():
     assert room.written == [11]
 
 
+class Unanswering(MemoryHistory):
+    """A history whose ``between`` fails ``failures`` times before it answers."""
+
+    def __init__(self, failures: int):
+        super().__init__(length=100)
+        self.failures = failures
+
+    async def between(self, room, after, before):
+        if self.failures:
+            self.failures -= 1
+            raise HistoryUnavailable("Redis is unreachable (test)")
+        return await super().between(room, after, before)
+
+
+async def hole(room: Room, epoch: str, first: int = 1, then: int = 4) -> asyncio.Task:
+    """Feed ``first`` and ``then``; return the filler that the hole started."""
+    await room.start(epoch=epoch)
+    await room.sequencer.accept("r", msg(first, epoch))
+    await room.sequencer.accept("r", msg(then, epoch))
+    return room.sequencer.lines["r"].filler
+
+
+@pytest.mark.parametrize(("failures", "written"), [
+    (4, [1, 2, 3, 4]),  # the fifth read answers: the hole is filled
+    (5, [1, 4]),  # five reads without an answer, over 0.31 s: given up
+])
+async def test_a_hole_is_given_up_after_five_reads_without_an_answer(quick, caplog, failures,
+                                                                     written):
+    room = Room(Unanswering(failures))
+    for i in range(1, 5):
+        await room.history.append("r", {"text": str(i)})
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(await hole(room, room.history.epoch), 5)
+    assert room.written == written
+    lost = [r.getMessage() for r in caplog.records if "lost to this replica" in r.getMessage()]
+    if failures == 5:
+        assert lost == ["room 'r': messages 2 to 3 are lost to this replica"]
+        # The reads back off (0.01 s doubling): a short blip of Redis does not
+        # cost the hole at once.
+        assert asyncio.get_running_loop().time() - started >= 0.3
+    else:
+        assert lost == []
+
+
+async def test_a_hole_the_live_path_fills_in_time_ends_its_filler_quietly(quick):
+    room = Room()
+    filler = await hole(room, room.history.epoch, 1, 3)
+    await room.sequencer.accept("r", msg(2, room.history.epoch))
+    await asyncio.wait_for(filler, 5)  # no exception
+    assert room.written == [1, 2, 3]
+    assert room.sequencer.metrics.recovered._value.get() == 0
+
+
+async def test_the_history_of_another_epoch_does_not_fill_a_hole(quick):
+    room = Room()  # its history's epoch is hex: sorts before "zz"
+    for i in range(1, 5):
+        await room.history.append("r", {"text": str(i)})
+    await asyncio.wait_for(await hole(room, "zz"), 5)
+    assert room.written == [1, 4]
+
+
+async def test_closing_cancels_the_fillers_quietly(quick):
+    room = Room(Unanswering(failures=100))
+    filler = await hole(room, room.history.epoch)
+    await room.sequencer.close()
+    assert filler.cancelled()
+
+
 # -- the catch-up loop ----------------------------------------------------------
 
 class Flaky(MemoryHistory):
@@ -216,13 +284,14 @@ async def test_catch_up_reads_every_room_and_forgets_empty_ones():
     assert list(sequencer.lines) == ["unknown", "r"]  # nobody is in "empty" any more
 
 
-async def test_after_a_reset_the_catch_up_starts_the_new_numbering_at_one():
+async def test_after_a_reset_the_catch_up_starts_the_new_numbering_at_one(caplog):
     room = Room()
     await room.start(epoch="gone", last=40)  # Redis came back empty since
     for i in range(1, 4):
         await room.history.append("r", {"text": str(i)})
     await room.sequencer.catch_up()
     assert room.written == [1, 2, 3]
+    assert any("was reset (epoch gone ->" in r.getMessage() for r in caplog.records)
 
 
 # -- Cursor (the client side) ------------------------------------------------------
