@@ -27,7 +27,8 @@ DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
 COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
 CLUSTER := $(BIN)/chat-cluster
 
-.PHONY: install run up down scale ps logs monitor test test-fast lint screenshot bench bench-chart chaos clean
+.PHONY: install run up down scale ps logs monitor test test-fast lint screenshot bench bench-chart chaos clean \
+	mutation mutation-patches
 
 install: $(STAMP) $(BUNDLE)
 
@@ -85,6 +86,29 @@ endif
 test: install
 	$(BIN)/ruff check chat tests
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Mutation testing (not part of make test; ~45 min on two cores).  cosmic-ray
+# mutates chat/ in place, one mutant at a time, and runs each module's
+# targeted tests (tests/mutation/MODULE.toml); sessions and reports land in
+# .mutation/.  Do not edit chat/ or run tests in this tree meanwhile.
+MUTATION_MODULES ?= delivery history cursor backplane protocol
+mutation: install
+	@mkdir -p .mutation
+	@git diff --quiet -- chat || { echo "chat/ has uncommitted changes: commit or stash them first"; exit 1; }
+	@for m in $(MUTATION_MODULES); do \
+	  cfg=tests/mutation/$$m.toml; db=.mutation/$$m.sqlite; \
+	  $(BIN)/cosmic-ray init $$cfg $$db && \
+	  $(BIN)/cr-filter-operators $$db $$cfg && \
+	  $(BIN)/python tests/mutation/sample.py $$cfg $$db && \
+	  $(BIN)/cosmic-ray exec $$cfg $$db && \
+	  $(BIN)/cr-report --surviving-only --show-diff $$db > .mutation/$$m.txt; \
+	  tail -n 3 .mutation/$$m.txt; \
+	done
+	@git diff --quiet -- chat || { echo "chat/ was left mutated"; exit 1; }
+
+# The breakages of docs/mutations/*.patch, each against the tests that catch it.
+mutation-patches: install
+	$(BIN)/python tests/mutation_patches.py
 
 # Without the slow groups (cluster, browser, failures).
 test-fast: install

@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         engineio_logger=logger.getChild("engineio"),
     )
     history, presence_store = create_stores(settings)
-    sequencer = manager.sequence(history, logger)
+    sequencer = manager.sequence(history, logger, settings.catch_up_every)
     presence = Presence(presence_store, ttl=settings.presence_ttl, logger=logger,
                         emit=lambda room, event: sio.emit("presence", event, room=room))
     namespace = ChatNamespace(settings, metrics, logger, history=history,

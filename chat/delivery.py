@@ -19,9 +19,10 @@ replica has members in passes through that room's *line*:
 
 A message whose only copy was lost (a replica unsubscribed, the last
 message before a quiet spell) leaves no hole to notice, so :meth:`catch_up`
-runs every ``CATCH_UP_EVERY`` seconds: it reads each room's latest number
-(one pipelined round trip for all rooms) and fetches what is still missing
-from the previous round.
+runs every ``CATCH_UP_EVERY`` seconds (the setting of that name; 0 turns
+it off, which only tests that measure the live path alone should do): it
+reads each room's latest number (one pipelined round trip for all rooms) and
+fetches what is still missing from the previous round.
 
 A client that enters a room does so inside the line's lock
 (:meth:`Sequencer.entering`): its history is read, it joins the Socket.IO
@@ -66,8 +67,9 @@ class Line:
 class Sequencer:
     def __init__(self, history, write: Callable[[str, dict], Awaitable[None]],
                  occupied: Callable[[str], bool], metrics: Metrics,
-                 logger: logging.Logger):
+                 logger: logging.Logger, catch_up_every: float = CATCH_UP_EVERY):
         self.history = history
+        self.catch_up_every = catch_up_every
         self.write = write  # write(room, message): to this replica's sockets in room
         self.occupied = occupied  # occupied(room): has this replica members in it?
         self.metrics = metrics
@@ -126,11 +128,13 @@ class Sequencer:
                 async with line.lock:
                     if not cursor.behind or self.lines.get(room) is not line:
                         return
-                    first = min(cursor.waiting)
+                    # Every hole up to the last waiting number at once: a
+                    # later hole must be read too, not given up unread.
+                    last = max(cursor.waiting)
                     attempts += 1
                     failed = False
                     try:
-                        found = await self.history.between(room, cursor.seq, first)
+                        found = await self.history.between(room, cursor.seq, last)
                         await self._write(room, self._take(cursor, found))
                     except HistoryUnavailable:
                         self.metrics.history_failures.inc()
@@ -185,10 +189,14 @@ class Sequencer:
                 await self._write(room, self._take(cursor, found))
 
     async def run(self) -> None:
-        """Catch up forever (a task of the replica's lifetime)."""
+        """Catch up forever (a task of the replica's lifetime), unless off."""
+        if self.catch_up_every <= 0:
+            self.log.warning("history catch-up is off (CATCH_UP_EVERY=0): a message "
+                             "the backplane drops without a trace stays lost")
+            return
         failing = False
         while True:
-            await asyncio.sleep(CATCH_UP_EVERY)
+            await asyncio.sleep(self.catch_up_every)
             try:
                 await self.catch_up()
             except HistoryUnavailable as exc:

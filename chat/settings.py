@@ -76,6 +76,9 @@ class Settings:
     # minute, and rooms with members on one replica.
     rooms_per_minute: int = 60
     max_rooms: int = 10_000
+    # Seconds between the Sequencer's history catch-ups (chat/delivery.py);
+    # 0 turns the catch-up off, so tests can measure the live backplane alone.
+    catch_up_every: float = 1.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     log_level: str = "INFO"
@@ -234,6 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                       minimum=2),
         rooms_per_minute=_number(env, "ROOMS_PER_MINUTE", d.rooms_per_minute, minimum=1),
         max_rooms=_number(env, "MAX_ROOMS", d.max_rooms, minimum=1),
+        catch_up_every=_number(env, "CATCH_UP_EVERY", d.catch_up_every, kind=float),
         ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
         ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import aiohttp
 import pytest
 import socketio
+from wire import Reader
 
 from chat.tools.cluster import LocalCluster, RedisProcess, free_port
 
@@ -196,3 +198,19 @@ async def connect():
 
     yield create
     await asyncio.gather(*(c.sio.disconnect() for c in clients), return_exceptions=True)
+
+
+@pytest.fixture
+async def readers():
+    """Return ``await open(url, name, room)``: a reconnecting
+    :class:`wire.Reader` (a real client session that also records what came
+    off the wire); every session is closed at teardown."""
+    opened: list[Reader] = []
+    async with aiohttp.ClientSession() as http:
+        async def open_reader(url, name, room="general") -> Reader:
+            reader = Reader(url, name, room, http)
+            opened.append(reader)
+            await reader.open(10)
+            return reader
+        yield open_reader
+        await asyncio.gather(*(r.close() for r in opened), return_exceptions=True)

@@ -16,6 +16,7 @@ import logging
 
 import pytest
 import socketio
+from wire import metric
 
 from chat.backplane import create_manager
 from chat.metrics import Metrics
@@ -62,8 +63,30 @@ async def test_room_emit_reaches_only_that_room_on_every_replica(replicas, conne
         await client.wait_for(lambda client=client: client.texts() == ["for room a"])
     for client in in_b:
         await client.wait_for(lambda client=client: client.texts() == ["for room b"])
-    # Room b's barrier arrived after room a's message was published: room b
-    # members on every replica saw only their own room.
+    # Room a's barrier is published after room b's message, on the same
+    # path: once it is in, a leak of room b into room a would be too.
+    assert (await in_a[0].send("barrier a"))["ok"]
+    for client in in_a:
+        await client.wait_for(lambda client=client: "barrier a" in client.texts())
+        assert client.texts() == ["for room a", "barrier a"]
+    assert all(client.texts() == ["for room b"] for client in in_b)
+
+
+async def test_a_stream_crosses_every_replica_whole_on_the_live_path(trio, connect, mode):
+    """Twenty messages (one sender's burst), each on the wire of every replica's client exactly
+    once and in order (the test client repairs nothing), and none of them
+    needed the history to get there (``chat_messages_recovered_total``)."""
+    room = f"stream-{mode}"
+    clients = [await connect(r.url, f"w{i}", room=room) for i, r in enumerate(trio.replicas)]
+    before = [await metric(r.url, "chat_messages_recovered_total") for r in trio.replicas]
+    acks = [await clients[0].send(f"n {i}") for i in range(20)]
+    assert all(a["ok"] for a in acks)
+    sent = [a["seq"] for a in acks]
+    for client in clients:
+        await client.wait_for(lambda client=client: client.seqs()[-1:] == sent[-1:])
+        assert client.seqs() == sent, client.name
+    after = [await metric(r.url, "chat_messages_recovered_total") for r in trio.replicas]
+    assert after == before
 
 
 async def test_skip_sid_holds_across_replicas(replicas, connect):

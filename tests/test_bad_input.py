@@ -42,15 +42,28 @@ async def test_refused_connection_says_why(replica, connect, auth, reason):
     assert _health(replica)["clients"] == 0
 
 
-@pytest.mark.parametrize("payload", [
-    5, "text", None, [1, 2], {}, {"text": 5}, {"text": None}, {"text": "   "},
-    {"text": "x" * 2001},
+NOT_AN_OBJECT = 'message must be an object like {"text": "..."}'
+NOT_A_STRING = "message text must be a string"
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (5, NOT_AN_OBJECT), ("text", NOT_AN_OBJECT), (None, NOT_AN_OBJECT),
+    ([1, 2], NOT_AN_OBJECT), ({}, NOT_A_STRING), ({"text": 5}, NOT_A_STRING),
+    ({"text": None}, NOT_A_STRING), ({"text": "   "}, "message text is empty"),
+    ({"text": "x" * 2001}, "message text is longer than 2000 characters"),
 ])
-async def test_malformed_message_gets_an_error_ack(replica, connect, payload):
-    ana = await connect(replica.url, "ana")
+async def test_malformed_message_gets_an_error_ack(replica, connect, payload, reason):
+    room = f"bad-{secrets.token_hex(4)}"
+    ana = await connect(replica.url, "ana", room=room)
+    bystander = await connect(replica.url, "bia", room=room)
     ack = await ana.sio.call("message", payload, timeout=5)
-    assert ack["ok"] is False and ack["error"]
+    assert ack == {"ok": False, "error": reason}
+    # Nothing of the refused message reached anyone: the next message is the
+    # first and only one both see.
     assert (await ana.send("still fine"))["ok"] is True
+    for client in (ana, bystander):
+        await client.wait_for(lambda client=client: client.messages)
+        assert client.texts() == ["still fine"] and client.seqs() == [1], client.name
 
 
 async def test_unknown_events_and_extra_arguments(replica, connect):

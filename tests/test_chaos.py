@@ -27,8 +27,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 CHAOS = [sys.executable, "-m", "chat.tools.chaos"]
 SHORT = ["--phase", "2", "--clients", "10", "--senders", "2", "--drain", "3"]
 COUNTS = ("sent", "not_sent", "acked_ok", "acked_error", "no_ack", "expected", "delivered",
-          "lost", "lost_online", "lost_offline", "lost_silently", "duplicated",
-          "disconnections", "reconnections")
+          "lost", "lost_online", "lost_offline", "lost_silently", "silent_messages",
+          "duplicated", "duplicated_on_wire", "disconnections", "reconnections")
+# The messages a Redis that stops may take with it: those stored in the
+# instant between the phase's start and Redis's exit: at 5 messages a second
+# per sender, one or two (docs/reliability.md measured one).
+HANDFUL = 3
 
 
 @pytest.fixture
@@ -67,6 +71,7 @@ def check_arithmetic(report: dict) -> None:
         assert p["delivered"] + p["lost"] == p["expected"], name
         assert p["lost"] == p["lost_online"] + p["lost_offline"], name
         assert 0 <= p["lost_silently"] <= p["lost_online"], name
+        assert p["silent_messages"] <= min(p["acked_ok"], p["lost_silently"]), name
         assert p["duration_s"] > 0, name
     for field in COUNTS:
         assert report["totals"][field] == sum(p[field] for p in report["phases"]), field
@@ -97,15 +102,16 @@ def test_chaos_reports_every_phase_and_the_counts_add_up(mode, state_dir):
     # exception is redis-down: a message stored in the instant before Redis
     # stopped and not yet relayed is lost with Redis's data, because this
     # Redis comes back empty (docs/reliability.md, "What is not guaranteed").
+    # That allowance is counted per message, and is a handful at most; every
+    # other message acknowledged ok reached every client.  Repeats are counted
+    # twice: as the user saw them, and on the wire before the client's Cursor.
     errors = set()
     for p in report["phases"]:
         errors.update(p["ack_errors"])
-        assert p["duplicated"] == 0, p["name"]
-        if p["name"] == "redis-down":
-            assert p["lost_silently"] <= p["acked_ok"] * report["clients"]
-            continue
-        assert p["lost_silently"] == 0, p["name"]
-        assert p["delivered"] >= p["acked_ok"] * report["clients"], p["name"]
+        assert (p["duplicated"], p["duplicated_on_wire"]) == (0, 0), p["name"]
+        allowed = HANDFUL if p["name"] == "redis-down" else 0
+        assert p["silent_messages"] <= allowed, p
+        assert p["delivered"] >= (p["acked_ok"] - p["silent_messages"]) * report["clients"], p
     # "unknown": a message written to Redis's connection as it stopped.
     assert errors <= {STORAGE_DOWN, UNKNOWN}
     assert report["phases"][1]["acked_error"] > 0  # redis-down
@@ -186,6 +192,7 @@ def test_summarize_counts_losses_duplicates_and_reconnections():
     sender = Receiver(0, welcomes=[(t0, "replica-1")])
     sender.first_seen = {(0, seq): t0 + 1 + seq for seq in range(5)}
     sender.repeats[(0, 0)] = 2
+    sender.wire_repeats[(0, 0)] = 3
     other = Receiver(1, welcomes=[(t0, "replica-2"), (t0 + 12, "replica-3")],
                      disconnects=[t0 + 10.5])
     other.first_seen = {(0, 0): t0 + 1.01}
@@ -194,6 +201,7 @@ def test_summarize_counts_losses_duplicates_and_reconnections():
     steady, broken = report["phases"]
     assert (steady["sent"], steady["acked_ok"], steady["expected"], steady["delivered"],
             steady["lost"], steady["duplicated"], steady["reconnections"]) == (1, 1, 2, 2, 0, 2, 0)
+    assert steady["duplicated_on_wire"] == 3
     assert steady["latency_ms"]["max"] == 10.0  # receiver 1 had it 10 ms after the send
     assert (broken["sent"], broken["not_sent"], broken["acked_ok"], broken["acked_error"],
             broken["no_ack"]) == (4, 1, 2, 1, 1)
@@ -201,6 +209,18 @@ def test_summarize_counts_losses_duplicates_and_reconnections():
     assert broken["expected"] == 8 and broken["delivered"] == 4
     assert (broken["lost"], broken["lost_offline"], broken["lost_online"],
             broken["lost_silently"]) == (4, 1, 3, 1)
+    assert broken["silent_messages"] == 1
     assert broken["reconnections"] == 1 and broken["disconnections"] == 1
     assert math.isclose(broken["offline_max_s"], 1.5)
     assert report["totals"]["expected"] == 10 and report["totals"]["delivered"] == 6
+
+
+def test_a_message_lost_by_every_receiver_is_one_silent_message():
+    t0 = 1000.0
+    spans = [PhaseSpan("redis-down", t0, t0 + 10, "Redis stopped")]
+    sends = [Sent(0, 0, "redis-down", t0 + 1, "ok"), Sent(0, 1, "redis-down", t0 + 2, "ok")]
+    receivers = [Receiver(i, welcomes=[(t0, "replica-1")]) for i in range(3)]
+    for receiver in receivers:
+        receiver.first_seen = {(0, 1): t0 + 2.01}
+    (phase,) = summarize(spans, sends, receivers)["phases"]
+    assert (phase["lost_silently"], phase["silent_messages"]) == (3, 1)

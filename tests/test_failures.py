@@ -3,6 +3,13 @@ drained, with clients connected.  Every process is real and owned by the test.
 
 Time bounds here are the issue's promises (ready again within 2 s, clients
 back within 5 s); they are measured from the event, polled at 50 ms.
+
+Delivery after a Redis failure is measured on the live path alone: those
+clusters run with ``CATCH_UP_EVERY=0``, so the Sequencer's history catch-up
+(which would carry messages across within a second whatever the
+subscription does) cannot stand in for a subscription that did not come
+back.  SIGTERM and a rolling restart are judged by what the readers were
+sent (``tests/wire.py``): every acknowledged message, nothing twice.
 """
 
 from __future__ import annotations
@@ -14,17 +21,21 @@ import urllib.error
 import urllib.request
 
 import pytest
+from wire import Stream, check_wire, contiguous
 
 from chat.events import NOT_SENT, UNKNOWN
 from chat.tools.cluster import alive, free_port
 
 pytestmark = pytest.mark.slow
 
+FAST = {"MESSAGE_RATE": "500", "MESSAGE_BURST": "500"}
+
 # How soon cross-replica delivery and readiness come back after Redis does.
 # The manual mode promises 2 s.  The automatic mode is python-socketio's
 # listener, which retries after 1, 2, 4 ... s: after a 5 s outage its next
 # attempt can fall up to 4 s after Redis is back (docs/reliability.md).
 RECOVERY = {"pubsub": 2.0, "socketio": 5.0}
+LIVE_ONLY = {"CATCH_UP_EVERY": "0"}
 
 
 def status(url: str) -> int:
@@ -64,7 +75,7 @@ async def crosses(sender, receiver, tag: str) -> bool:
 
 
 async def test_redis_outage(cluster_factory, connect, mode):
-    cluster = cluster_factory(replicas=3, mode=mode, proxy=False)
+    cluster = cluster_factory(replicas=3, mode=mode, proxy=False, env=LIVE_ONLY)
     r1, r2, r3 = cluster.replicas
     ana, ada = await connect(r1.url, "ana"), await connect(r1.url, "ada")
     bia, caio = await connect(r2.url, "bia"), await connect(r3.url, "caio")
@@ -88,8 +99,10 @@ async def test_redis_outage(cluster_factory, connect, mode):
 
     await asyncio.sleep(max(0.0, 5 - (time.monotonic() - down_at)))
     cluster.start_redis()
+    back_at = time.monotonic()
     ready_after = await until(lambda: all_ready(cluster), 30, "readyz 200 again")
-    cross_after = await until(lambda: crosses(bia, caio, "after"), 30, "delivery again")
+    await until(lambda: crosses(bia, caio, "after"), 30, "delivery again")
+    cross_after = time.monotonic() - back_at
     print(f"\n{mode}: ready {ready_after:.2f} s, delivering {cross_after:.2f} s after Redis")
     assert ready_after <= RECOVERY[mode]
     assert cross_after <= RECOVERY[mode]
@@ -103,7 +116,7 @@ async def test_redis_outage(cluster_factory, connect, mode):
 async def test_redis_absent_at_start_up(cluster_factory, redis_factory, connect, mode):
     port = free_port()
     cluster = cluster_factory(replicas=2, mode=mode, proxy=False,
-                              redis_url=f"redis://127.0.0.1:{port}/0")
+                              redis_url=f"redis://127.0.0.1:{port}/0", env=LIVE_ONLY)
     r1, r2 = cluster.replicas
     assert await all_ready(cluster, 503)
     ana, ada = await connect(r1.url, "ana"), await connect(r1.url, "ada")
@@ -126,7 +139,6 @@ async def test_replica_crash(cluster_factory, connect):
     assert victims, "no client landed on replica-2"
 
     cluster.kill_replica("replica-2")
-    killed_at = time.monotonic()
     back = await until(lambda: all(len(c.welcomes) == 2 and c.server != "replica-2"
                                    for c in victims), 5, "victims back on a survivor")
     print(f"\n{len(victims)} clients back {back:.2f} s after SIGKILL")
@@ -140,58 +152,58 @@ async def test_replica_crash(cluster_factory, connect):
     assert (await victims[0].send("after the crash"))["ok"]
     for client in clients:
         await client.wait_for(lambda client=client: "after the crash" in client.texts())
-    assert time.monotonic() - killed_at < 60
-
-
-async def test_sigterm_drains_within_the_grace_period(cluster_factory, connect):
-    cluster = cluster_factory(replicas=2, mode="pubsub")
-    clients = await asyncio.gather(*(connect(cluster.url, f"u{i}", reconnect=True)
-                                     for i in range(12)))
-    leaving = [c for c in clients if c.server == "replica-1"]
-    assert leaving
-    started = time.monotonic()
-    await asyncio.to_thread(cluster.kill_replica, "replica-1", 15)  # SIGTERM, wait
-    took = time.monotonic() - started
-    assert took < 10, f"replica took {took:.1f} s to exit (grace period 10 s)"
-    await until(lambda: all(c.server == "replica-2" and c.sio.connected for c in leaving), 5,
-                "drained clients back on replica-2")
-    assert (await leaving[0].send("drained"))["ok"]
     for client in clients:
-        await client.wait_for(lambda client=client: "drained" in client.texts())
+        assert client.texts().count("after the crash") == 1, client.name
 
 
-async def test_rolling_restart_under_load(cluster_factory, connect):
-    cluster = cluster_factory(replicas=3, mode="pubsub")
-    clients = await asyncio.gather(*(connect(cluster.url, f"u{i}", reconnect=True)
-                                     for i in range(15)))
-    sent = {"ok": 0, "failed": 0}
+async def test_sigterm_drains_within_the_grace_period(cluster_factory, connect, readers):
+    cluster = cluster_factory(replicas=2, mode="pubsub", env=FAST)
+    audience = await asyncio.gather(*(readers(cluster.url, f"u{i}") for i in range(12)))
+    leaving = [r for r in audience if r.server == "replica-1"]
+    assert leaving
+    sender = await connect(cluster.replicas[1].url, "sender", room="general")
+    with Stream([sender], every=0.05) as stream:  # the room talks all along
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await asyncio.to_thread(cluster.kill_replica, "replica-1", 15)  # SIGTERM, wait
+        took = time.monotonic() - started
+        await until(lambda: all(r.server == "replica-2" and r.sio.connected for r in leaving),
+                    5, "drained clients back on replica-2")
+        await asyncio.sleep(0.3)
+    await stream.stop()
+    assert took < 10, f"replica took {took:.1f} s to exit (grace period 10 s)"
+    assert stream.refused == []  # its sender's replica stayed up
+    await everyone_has_everything(audience, stream)
 
-    async def steady_load():
-        n = 0
-        while True:
-            sender = clients[n % len(clients)]
-            n += 1
-            try:
-                ack = await sender.send(f"load {n}", timeout=2)
-                sent["ok" if ack.get("ok") else "failed"] += 1
-            except Exception:  # reconnecting at that moment
-                sent["failed"] += 1
-            await asyncio.sleep(0.1)
 
-    load = asyncio.create_task(steady_load())
-    try:
+async def test_rolling_restart_under_load(cluster_factory, connect, readers):
+    cluster = cluster_factory(replicas=3, mode="pubsub", env=FAST)
+    audience = await asyncio.gather(*(readers(cluster.url, f"u{i}") for i in range(12)))
+    senders = await asyncio.gather(*(connect(cluster.url, f"s{i}", reconnect=True)
+                                     for i in range(3)))
+    with Stream(senders, every=0.1) as stream:
         for replica in list(cluster.replicas):
             await asyncio.to_thread(cluster.restart_replica, replica.server_id)
-    finally:
-        load.cancel()
-    await until(lambda: all(c.sio.connected and c.welcome for c in clients), 10,
-                "every client connected after the rolling restart")
-    assert sent["ok"] > 0
-    print(f"\nrolling restart: {sent}")
-    assert (await clients[0].send("after the rolling restart"))["ok"]
-    for client in clients:
-        await client.wait_for(lambda client=client: "after the rolling restart"
-                              in client.texts(), 10)
+        await until(lambda: all(c.sio.connected for c in senders), 10, "senders back")
+        await asyncio.sleep(0.5)
+    await stream.stop()
+    print(f"\nrolling restart: {len(stream.acked)} acked, {len(stream.refused)} not "
+          f"(sender reconnecting): {sorted(set(stream.refused))}")
+    # A send fails only while its sender is between connections (no answer
+    # comes, or the client knows it is not connected); the server refused none.
+    assert all(r.startswith(("TimeoutError", "BadNamespaceError")) for r in stream.refused)
+    assert len(stream.refused) <= 3 * len(senders) * 3  # a few per sender per restart
+    await everyone_has_everything(audience, stream)
+
+
+async def everyone_has_everything(audience, stream) -> None:
+    """Every reader was sent every acknowledged message once (``tests/wire.py``),
+    and was handed every number once, in order, with no gap reported."""
+    last = max(stream.acked)
+    for reader in audience:
+        await reader.until(lambda reader=reader: reader.seqs and reader.seqs[-1] >= last)
+        assert contiguous(reader.seqs) and reader.gaps == [], reader.name
+    check_wire(audience, stream.acked)
 
 
 async def test_flooding_client_is_limited_and_others_stay_fast(cluster_factory, connect):
@@ -228,7 +240,14 @@ async def test_flooding_client_is_limited_and_others_stay_fast(cluster_factory, 
     print(f"\nothers while flooding: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms; flooder {len(accepted)} accepted, "
           f"{len(limited)} limited")
-    assert latencies[-1] < 1.0  # a sanity bound, not a benchmark
+    # Exact counts: every calm message reached the others once, and the
+    # flooder's room got exactly what was accepted, nothing refused.
+    calm_texts = sorted(f"{c.name} {i}" for c in others for i in range(10))
+    assert sorted(others[0].texts()) == calm_texts
+    await flooder.wait_for(lambda: len(flooder.texts()) >= len(accepted))
+    assert len(flooder.texts()) == len(accepted)
+    # "Stayed fast" only as "was not queued behind the flood": a sanity bound.
+    assert latencies[-1] < 1.0
 
 
 MALFORMED = ["4", "4garbage", "42", "42[", "42{}", "42[]", '42["message"', "45x-[]",
@@ -257,8 +276,12 @@ async def test_malformed_frames_close_only_their_connection(shared_clusters, con
             assert (await bystander.send(f"after {frame[:10]!r}"))["ok"]
     log = (cluster.logs / "replica-1.log").read_text()
     assert "Traceback" not in log
-    refused = log.count("malformed packet") + log.count("not an Engine.IO packet")
-    assert refused >= len(MALFORMED) - 1
+    # One warning line per frame: the Socket.IO ones name the packet, the one
+    # that is not an Engine.IO packet at all ("x" * 100) is refused before
+    # the library reads it.
+    print("\n" + "\n".join(line for line in log.splitlines() if "WARNING" in line))
+    assert log.count("malformed packet") == len(MALFORMED) - 1
+    assert log.count("not an Engine.IO packet") == 1
 
 
 async def test_connect_disconnect_cycles_leave_memory_and_tasks_flat(cluster_factory):

@@ -52,6 +52,7 @@ async def test_memory_history_numbers_and_caps_each_room():
     tail = await history.tail("r", 2)
     assert (tail.last, [m["seq"] for m in tail.messages]) == (5, [4, 5])
     assert [m["seq"] for m in (await history.since("r", 1, 10)).messages] == [3, 4, 5]
+    assert [m["seq"] for m in (await history.since("r", 3, 10)).messages] == [4, 5]
     assert [m["seq"] for m in await history.between("r", 2, 5)] == [3, 4]
     # ... for as long as the log holds it: m0 has left the window of 3.
     assert (await history.append("r", {"id": "m0", "text": "0"}))["seq"] == 6
@@ -81,12 +82,24 @@ def quick(monkeypatch):
     monkeypatch.setattr(delivery, "GAP_WAIT", 0.01)
 
 
-async def test_out_of_order_arrivals_are_written_in_order_and_once():
+async def test_out_of_order_arrivals_are_written_in_order_and_once(caplog):
     room = Room()
     await room.start()
     for seq in (1, 3, 2, 2, 5, 1, 4, 5):
         await room.sequencer.accept("r", msg(seq))
     assert room.written == [1, 2, 3, 4, 5]
+    assert caplog.records == []  # nothing to say: not a line per message
+
+
+async def test_a_second_member_does_not_move_the_line():
+    """Members already here set the pace: a newcomer whose history reaches
+    further (3) must not make the line skip what they have not been sent."""
+    room = Room()
+    await room.start(last=1)
+    await room.start(last=3)
+    for seq in (2, 3):
+        await room.sequencer.accept("r", msg(seq))
+    assert room.written == [2, 3]
 
 
 async def test_a_hole_the_live_path_does_not_fill_is_read_from_history(quick):
@@ -100,6 +113,21 @@ async def test_a_hole_the_live_path_does_not_fill_is_read_from_history(quick):
     assert room.written == [1]
     await asyncio.sleep(0.1)
     assert room.written == [1, 2, 3, 4]
+
+
+async def test_every_hole_before_the_last_waiting_number_is_read(quick):
+    """Two holes (2 and 4-5) wait at once: both are read from the history,
+    neither is given up while the history holds it."""
+    room = Room()
+    for i in range(1, 8):
+        await room.history.append("r", {"text": str(i)})
+    epoch = room.history.epoch
+    await room.start(epoch=epoch)
+    for seq in (1, 3, 6, 7):
+        await room.sequencer.accept("r", msg(seq, epoch))
+    await asyncio.sleep(0.1)
+    assert room.written == [1, 2, 3, 4, 5, 6, 7]
+    assert room.sequencer.metrics.recovered._value.get() == 3
 
 
 async def test_a_hole_the_history_no_longer_holds_is_skipped(quick):
@@ -122,8 +150,11 @@ async def test_catch_up_fetches_what_never_arrived():
         await room.history.append("r", {"id": f"m{i}", "text": str(i)})  # stored, never relayed
     await room.sequencer.catch_up()  # notes the room's head
     assert room.written == []
-    await room.sequencer.catch_up()  # still missing a round later: fetched
+    await room.history.append("r", {"text": "4"})  # may still be on its way live
+    await room.sequencer.catch_up()  # 1-3 still missing a round later: fetched
     assert room.written == [1, 2, 3]
+    await room.sequencer.catch_up()  # and 4, a round after it was stored
+    assert room.written == [1, 2, 3, 4]
 
 
 async def test_a_new_epoch_starts_the_numbering_again():

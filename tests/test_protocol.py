@@ -38,6 +38,20 @@ def test_a_bad_resume_position_is_refused_with_a_reason(resume):
         parse_auth({"name": "ana", "resume": resume})
 
 
+def test_positions_at_their_edges():
+    """Numbers up to 2**53 - 1 (what a JavaScript client can hold) and
+    epochs of up to 32 characters are accepted; one more is refused."""
+    top = 2**53 - 1
+    assert parse_auth({"name": "a", "resume": {"epoch": "e" * 32, "seq": top}})[2] == (
+        "e" * 32, top)
+    assert history_after({"after": top}) == top
+    for resume in ({"epoch": "e" * 33, "seq": 1}, {"epoch": "e", "seq": top + 1}):
+        with pytest.raises(ProtocolError, match="resume"):
+            parse_auth({"name": "a", "resume": resume})
+    with pytest.raises(ProtocolError, match="history"):
+        history_after({"after": top + 1})
+
+
 def test_history_requests_name_a_position():
     assert history_after({"after": 0}) == 0
     assert history_after({"after": 12, "epoch": "x"}) == 12

@@ -74,6 +74,7 @@ def test_cors_origins_parsed():
     ({"HISTORY_MAX_BYTES": "2000"}, "HISTORY_MAX_BYTES", "MAX_FRAME_BYTES=32768"),
     ({"MAX_QUEUED_BYTES": "512"}, "MAX_QUEUED_BYTES", ">= 1024"),
     ({"MAX_QUEUED_BYTES": "100000"}, "MAX_QUEUED_BYTES", "HISTORY_MAX_BYTES"),
+    ({"CATCH_UP_EVERY": "-1"}, "CATCH_UP_EVERY", ">= 0"),
 ])
 def test_bad_value_names_the_variable(env, variable, accepts):
     with pytest.raises(SettingsError) as info:
@@ -145,3 +146,8 @@ def _base_env():
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PORT"))}
+
+
+def test_the_history_catch_up_can_be_turned_off():
+    assert load_settings({}).catch_up_every == 1.0
+    assert load_settings({"CATCH_UP_EVERY": "0"}).catch_up_every == 0.0

@@ -31,7 +31,7 @@ class Observed:
         self.metrics = metrics
         self.sequencer: Sequencer | None = None
 
-    def sequence(self, history, logger) -> Sequencer:
+    def sequence(self, history, logger, catch_up_every: float = 1.0) -> Sequencer:
         """Deliver numbered chat messages through a :class:`Sequencer`
         (``chat.delivery``): in order, once, with holes filled from
         ``history``."""
@@ -41,7 +41,8 @@ class Observed:
         def occupied(room) -> bool:
             return bool(self.rooms.get("/", {}).get(room))
 
-        self.sequencer = Sequencer(history, write, occupied, self.metrics, logger)
+        self.sequencer = Sequencer(history, write, occupied, self.metrics, logger,
+                                   catch_up_every)
         return self.sequencer
 
     async def _sequenced(self, event, args, namespace, room) -> bool:

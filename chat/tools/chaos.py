@@ -52,8 +52,13 @@ What the columns mean (all per phase of sending):
   was between a disconnection and its next ``welcome`` when the message was
   sent (no history yet: such a client can never get it), the rest was lost
   while the receiver was connected; ``silent`` is the part of that rest
-  whose sender was told ``ok``: nobody was warned of those.
-* ``dup``: deliveries of a message a receiver had already received.
+  whose sender was told ``ok``: nobody was warned of those.  ``silent msgs``
+  counts the same per message: messages acknowledged ``ok`` that some
+  connected receiver never got (one message lost by ten receivers is one).
+* ``dup``: deliveries of a message a receiver had already received, after
+  the client dropped repeats by number (what a user would see twice);
+  ``wire dup``: ``message`` events of one connection that repeated a
+  message, counted as they came off the wire, before the client's repair.
 * ``reconn``: reconnections (a ``welcome`` after the first) that happened
   during the phase; ``offline max``: the longest gap between a client's
   disconnection and its next ``welcome`` that began in the phase.
@@ -119,6 +124,8 @@ class Receiver:
     # (sender, seq) -> time of the first delivery; then how many came again.
     first_seen: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)
     repeats: Counter = dataclasses.field(default_factory=Counter)
+    # (sender, seq) -> ``message`` events that repeated it within one connection.
+    wire_repeats: Counter = dataclasses.field(default_factory=Counter)
 
     def online(self) -> list[tuple[float, float]]:
         """The spans during which this client was connected (welcome to disconnect)."""
@@ -193,6 +200,7 @@ def summarize(spans: Sequence[PhaseSpan], sends: Iterable[Sent],
             errors[msg.phase][msg.outcome] += 1
         row["expected"] += clients
         key = (msg.sender, msg.seq)
+        silent = False
         for receiver, spans_on in zip(receivers, online, strict=True):
             arrived = receiver.first_seen.get(key)
             if arrived is not None:
@@ -202,9 +210,12 @@ def summarize(spans: Sequence[PhaseSpan], sends: Iterable[Sent],
                 row["lost_online"] += 1
                 if msg.outcome == "ok":
                     row["lost_silently"] += 1
+                    silent = True
             else:
                 row["lost_offline"] += 1
             row["duplicated"] += receiver.repeats.get(key, 0)
+            row["duplicated_on_wire"] += receiver.wire_repeats.get(key, 0)
+        row["silent_messages"] += silent
 
     for receiver in receivers:
         for t, _ in receiver.welcomes[1:]:
@@ -215,8 +226,9 @@ def summarize(spans: Sequence[PhaseSpan], sends: Iterable[Sent],
             offline_max[phase] = max(offline_max[phase], back - lost)
 
     fields = ("sent", "not_sent", "acked_ok", "acked_error", "no_ack", "expected",
-              "delivered", "lost", "lost_online", "lost_offline", "lost_silently", "duplicated",
-              "disconnections", "reconnections")
+              "delivered", "lost", "lost_online", "lost_offline", "lost_silently",
+              "silent_messages", "duplicated", "duplicated_on_wire", "disconnections",
+              "reconnections")
     phases = []
     for span in spans:
         row = rows[span.name]
@@ -248,7 +260,8 @@ def format_report(report: dict) -> str:
         header = f"mode {report['mode']}, {report['replicas']} replicas; " + header
     held = report["clients_per_replica"]
     columns = ("phase", "secs", "sent", "ok", "error", "no ack", "not sent", "expected",
-               "delivered", "lost", "offline", "silent", "dup", "reconn", "p50 ms", "max ms")
+               "delivered", "lost", "offline", "silent", "silent msgs", "dup", "wire dup",
+               "reconn", "p50 ms", "max ms")
     table = [columns]
     for p in [*report["phases"], {"name": "total", **report["totals"]}]:
         lat = p.get("latency_ms") or {}
@@ -256,8 +269,8 @@ def format_report(report: dict) -> str:
             p["name"], f"{p['duration_s']:.1f}" if "duration_s" in p else "",
             p["sent"], p["acked_ok"], p["acked_error"], p["no_ack"], p["not_sent"],
             p["expected"], f"{p['delivered']} {figure(p['delivery_ratio'], '.1%')}",
-            p["lost"], p["lost_offline"], p["lost_silently"], p["duplicated"],
-            p["reconnections"],
+            p["lost"], p["lost_offline"], p["lost_silently"], p["silent_messages"],
+            p["duplicated"], p["duplicated_on_wire"], p["reconnections"],
             figure(lat.get("p50"), ".0f"), figure(lat.get("max"), ".0f")))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(columns))]
     lines = [header, f"clients per replica: at start {_spread(held['start'])}; "
@@ -277,8 +290,9 @@ def format_report(report: dict) -> str:
     lines.append("")
     lines.append("expected = sent x all clients; lost = expected - delivered (each receiver "
                  "counted once per message); of the lost: 'offline' while the receiver was "
-                 "reconnecting, 'silent' while it was connected and the sender's ack said ok; "
-                 "dup = repeated deliveries")
+                 "reconnecting, 'silent' while it was connected and the sender's ack said ok "
+                 "('silent msgs': the messages concerned); dup = repeated deliveries after the "
+                 "client dropped repeats, 'wire dup' before")
     return "\n".join(lines)
 
 
@@ -292,6 +306,24 @@ class Member(Session):
         self.run = run
         self.index = index
         self.log = Receiver(index)
+        self.wire: set[tuple[int, int]] = set()  # stamps of this connection's events
+
+    def _on_welcome(self, welcome):
+        self.wire = set()
+        super()._on_welcome(welcome)
+
+    def _on_message(self, event):
+        """Count a repeated ``message`` event of this connection before the
+        Cursor drops it: a replica that writes a message twice is caught
+        here even though the user would never see it."""
+        stamp = decode_stamp(event.get("text") if isinstance(event, dict) else None,
+                             self.run.run_id)
+        if stamp is not None:
+            key = (stamp.sender, stamp.seq)
+            if key in self.wire:
+                self.log.wire_repeats[key] += 1
+            self.wire.add(key)
+        super()._on_message(event)
 
     def on_welcome(self, previous):
         self.log.welcomes.append((time.time(), self.server))

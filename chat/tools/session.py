@@ -45,6 +45,9 @@ URL_HELP = ("the chat's address (default: $CHAT_URL, else the local cluster `mak
 RECONNECT_DELAY = 0.5
 RECONNECT_DELAY_MAX = 2.0
 CLOSE_TIMEOUT = 5.0
+# A history repair cut short by a reconnection is tried again after it.
+REPAIR_ATTEMPTS = 3
+REPAIR_WAIT = 15.0
 
 
 class ClientError(Exception):
@@ -210,31 +213,46 @@ class Session:
             self.on_message(message)
 
     async def _repair(self) -> None:
-        """A number was skipped: ask the server for what lies in between."""
+        """A number was skipped: ask the server for what lies in between.
+
+        A connection that drops meanwhile makes the ``history`` call fail
+        (not connected, or no answer): then wait for the next welcome, whose
+        resumed history may close the hole by itself, and ask again there.
+        Only an answer from the server, or no connection for
+        ``REPAIR_ATTEMPTS`` tries, makes the hole a gap.
+        """
         try:
             await asyncio.sleep(0.2)  # it may still arrive on its own
-            if not self.cursor.behind:
-                return
-            truncated = True
-            while truncated and self.cursor.behind:  # an answer carries a bounded part
+            attempts = 0
+            while self.cursor.behind and attempts < REPAIR_ATTEMPTS:
                 try:
                     answer = await self.sio.call(
                         "history", {"after": self.cursor.seq, "epoch": self.cursor.epoch},
                         timeout=5)
                 except socketio.exceptions.SocketIOError:
-                    answer = None
+                    attempts += 1
+                    await self._reconnected()
+                    continue
                 if not (isinstance(answer, dict) and answer.get("ok")):
                     break
                 for message in answer.get("messages") or []:
                     self._show(self.cursor.feed(message))
                 if answer.get("gap"):
                     self.on_gap(str(answer["gap"]))
-                truncated = answer.get("truncated") and answer.get("messages")
+                if not (answer.get("truncated") and answer.get("messages")):
+                    break  # else: one answer carries a bounded part; ask after it
             if self.cursor.behind:
                 self.on_gap("some messages could not be fetched")
                 self._show(self.cursor.skip())
         finally:
             self._repairing = None
+
+    async def _reconnected(self) -> None:
+        """Wait (at most ``REPAIR_WAIT`` seconds) until connected and welcomed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REPAIR_WAIT):
+                while not self.closing and not (self.sio.connected and self.welcomed.is_set()):
+                    await asyncio.sleep(0.1)
 
     def _on_connect_error(self, data=None):
         self.refusal = refusal_reason(data)

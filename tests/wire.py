@@ -1,0 +1,178 @@
+"""A reader that records what came off the wire, before the client repairs it.
+
+:class:`chat.tools.session.Session` (the code chat-client, chat-chaos and
+chat-bench read with) hides a replica's faults on purpose: its Cursor drops
+repeated numbers and it asks ``history`` for the numbers a jump skipped.  A
+test that only looks at what a Session hands on cannot tell a healthy
+replica from one that drops or repeats messages and lets the client clean
+up.  So :class:`Reader` is a Session that also keeps, per connection, the
+``welcome`` it got and every ``message`` event exactly as it arrived, and
+:func:`wire_faults` judges those alone:
+
+* within one connection, the ``message`` events of the room must carry
+  consecutive numbers (the replica's Sequencer writes each number once, in
+  order, holes filled from history before it writes on), starting no later
+  than right after the welcome's last number;
+* :func:`on_the_wire` is every number the replica itself sent (welcome
+  histories and ``message`` events), the client's ``history`` repairs left
+  out, so a test can check that every acknowledged number is in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import aiohttp
+import pytest
+from chat.tools.session import Session
+
+
+@dataclasses.dataclass
+class Connection:
+    """One welcome and the room's ``message`` events that followed it."""
+
+    room: str
+    welcome_last: int  # the welcome's ``seq``: the room's latest number then
+    history: list[int]
+    live: list[int] = dataclasses.field(default_factory=list)
+
+
+def wire_faults(connections: list[Connection]) -> tuple[int, int]:
+    """``(repeats, holes)`` in the live messages of each connection: numbers
+    written twice (or backwards) and numbers skipped, counted one by one."""
+    repeats = holes = 0
+    for conn in connections:
+        previous = None
+        for seq in conn.live:
+            if previous is None:
+                # The first live number may overlap the welcome's history
+                # (the client drops those by number) but not jump past it.
+                holes += max(0, seq - conn.welcome_last - 1)
+            elif seq <= previous:
+                repeats += 1
+                continue
+            else:
+                holes += seq - previous - 1
+            previous = seq
+    return repeats, holes
+
+
+class Reader(Session):
+    """A reconnecting session that records every message it is handed
+    (``seqs``, ``texts``) and, separately, what the replicas sent it."""
+
+    def __init__(self, url, name, room, http):
+        super().__init__(url, name, room, http, reconnect=True)
+        self.seqs: list[int] = []
+        self.texts: list[str] = []
+        self.connections: list[Connection] = []
+        self.gaps: list[str] = []
+        self.servers: list[str] = []
+        self.last_event: dict | None = None
+        self.changed = asyncio.Event()
+
+    def _on_welcome(self, welcome):
+        self.connections.append(Connection(
+            welcome.get("room", self.room), welcome.get("seq", 0),
+            [m["seq"] for m in welcome.get("history") or []]))
+        super()._on_welcome(welcome)
+
+    def _on_message(self, event):
+        self.last_event = event
+        if self.connections and isinstance(event, dict):
+            conn = self.connections[-1]
+            if event.get("room", conn.room) == conn.room:
+                conn.live.append(event.get("seq"))
+        super()._on_message(event)
+
+    def on_welcome(self, previous):
+        self.servers.append(self.server)
+
+    def on_message(self, event):
+        self.seqs.append(event["seq"])
+        self.texts.append(event["text"])
+        self.changed.set()
+
+    def on_gap(self, reason):
+        self.gaps.append(reason)
+
+    def wire(self) -> tuple[int, int]:
+        """``(repeats, holes)`` on the wire (see :func:`wire_faults`)."""
+        return wire_faults(self.connections)
+
+    def on_the_wire(self) -> set[int]:
+        return {seq for c in self.connections for seq in (*c.history, *c.live)}
+
+    async def until(self, predicate, timeout: float = 10.0) -> None:
+        async def loop():
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except TimeoutError:
+            pytest.fail(f"{self.name}: not within {timeout} s (last seqs {self.seqs[-5:]})")
+
+
+def check_wire(readers: list[Reader], acked: list[int]) -> None:
+    """No repeat and no hole on any reader's wire, and every acknowledged
+    number sent to every reader by a replica (not fetched by the client)."""
+    expected = set(acked)
+    for reader in readers:
+        repeats, holes = reader.wire()
+        missing = sorted(expected - reader.on_the_wire())
+        assert (repeats, holes, missing[:10]) == (0, 0, []), (
+            f"{reader.name}: {repeats} repeats, {holes} holes on the wire; "
+            f"{len(missing)} acked numbers never sent to it")
+
+
+class Stream:
+    """Senders that keep a room busy (one message every ``every`` seconds
+    each) until stopped; ``acked`` holds the numbers Redis gave them."""
+
+    def __init__(self, senders, every: float = 0.01):
+        self.senders = senders
+        self.every = every
+        self.acked: list[int] = []
+        self.refused: list[str] = []
+        self._tasks: list[asyncio.Task] = []
+
+    async def _run(self, sender):
+        n = 0
+        while True:
+            n += 1
+            try:
+                ack = await sender.send(f"{sender.name} {n}", timeout=5)
+            except Exception as exc:  # counted; the test decides
+                self.refused.append(repr(exc))
+            else:
+                if ack.get("ok"):
+                    self.acked.append(ack["seq"])
+                else:
+                    self.refused.append(ack["error"])
+            await asyncio.sleep(self.every)
+
+    def __enter__(self):
+        self._tasks = [asyncio.ensure_future(self._run(s)) for s in self.senders]
+        return self
+
+    def __exit__(self, *exc):
+        for task in self._tasks:
+            task.cancel()
+
+    async def stop(self):
+        self.__exit__()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def contiguous(seqs: list[int]) -> bool:
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+
+async def metric(url: str, name: str) -> float:
+    """A replica's counter, summed over its labels (0 when absent)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name))
