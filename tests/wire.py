@@ -25,6 +25,7 @@ import dataclasses
 
 import aiohttp
 import pytest
+
 from chat.tools.session import Session
 
 
