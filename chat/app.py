@@ -29,6 +29,8 @@ from .routes import setup_routes
 from .server import ChatServer
 from .settings import Settings, load_settings
 
+STOP_STEP = 2.0  # seconds each step of a replica's shutdown may take
+
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or load_settings()
@@ -141,13 +143,23 @@ async def backplane_lifetime(app: web.Application):
     for task in loops:
         task.cancel()
     await asyncio.gather(*loops, return_exceptions=True)
-    await namespace.presence.close()  # the drained clients' departures
-    await app[REGISTRY].close()
-    await namespace.sequencer.close()
-    await sio.shutdown()  # Engine.IO's service task
-    await app[MANAGER].close()
-    await namespace.history.close()
-    await _cancel_ping_timers()
+    # Each step bounded: one that hangs (a Redis that stalls as we stop)
+    # must not hold the worker until gunicorn kills it, and the log says
+    # which one it was.
+    steps = (("presence", namespace.presence.close()),  # the drained clients' departures
+             ("replica registry", app[REGISTRY].close()),
+             ("sequencer", namespace.sequencer.close()),
+             ("Engine.IO", sio.shutdown()),
+             ("backplane", app[MANAGER].close()),
+             ("history", namespace.history.close()),
+             ("ping timers", _cancel_ping_timers()))
+    for what, step in steps:
+        try:
+            async with asyncio.timeout(STOP_STEP):
+                await step
+        except TimeoutError:
+            logger.warning("stopping: %s took more than %g s; going on", what, STOP_STEP)
+    logger.info("replica %s stopped", settings.server_id)
 
 
 async def _cancel_ping_timers() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 import pytest
 from test_ordering import Room, msg
@@ -17,6 +18,12 @@ from chat import delivery
 from chat.delivery import Sequencer
 from chat.history import HistoryUnavailable, MemoryHistory
 from chat.metrics import Metrics
+
+
+def numbered(text: str) -> dict:
+    """A message as the service stores it: with an id of its own."""
+    return {"id": secrets.token_hex(8), "text": text}
+
 
 
 @pytest.fixture
@@ -54,7 +61,7 @@ async def test_a_hole_is_given_up_after_five_reads_without_an_answer(quick, capl
                                                                      written):
     room = Room(Unanswering(failures))
     for i in range(1, 5):
-        await room.history.append("r", {"text": str(i)})
+        await room.history.append("r", numbered(str(i)))
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(await hole(room, room.history.epoch), 5)
     assert room.written == written
@@ -81,7 +88,7 @@ async def test_a_hole_the_live_path_fills_in_time_ends_its_filler_quietly(quick)
 async def test_the_history_of_another_epoch_does_not_fill_a_hole(quick, line_epoch):
     room = Room()
     for i in range(1, 5):
-        await room.history.append("r", {"text": str(i)})
+        await room.history.append("r", numbered(str(i)))
     await asyncio.wait_for(await hole(room, line_epoch), 5)
     assert room.written == [1, 4]
 
@@ -121,7 +128,7 @@ async def test_the_catch_up_loop_runs_and_outlives_a_failing_history(caplog, err
     room.sequencer.catch_up_every = 0.01
     await room.start(epoch=room.history.epoch)
     for i in range(1, 4):
-        await room.history.append("r", {"text": str(i)})  # stored, never relayed
+        await room.history.append("r", numbered(str(i)))  # stored, never relayed
     loop = asyncio.ensure_future(room.sequencer.run())
     try:
         async with asyncio.timeout(5):
@@ -139,7 +146,7 @@ async def test_the_catch_up_loop_can_be_off():
     room = Room()
     room.sequencer.catch_up_every = 0
     await room.start(epoch=room.history.epoch)
-    await room.history.append("r", {"text": "never relayed"})
+    await room.history.append("r", numbered("never relayed"))
     await asyncio.wait_for(room.sequencer.run(), 1)  # returns at once
     assert room.written == []
 
@@ -158,7 +165,7 @@ async def test_catch_up_reads_every_room_and_forgets_empty_ones():
                         ("r", history.epoch)):
         async with sequencer.entering(name) as start:
             start(epoch, 0)
-    await history.append("r", {"text": "1"})
+    await history.append("r", numbered("1"))
     await sequencer.catch_up()
     await sequencer.catch_up()
     assert written == [("r", 1)]  # past the unknown and the up-to-date rooms
@@ -170,7 +177,7 @@ async def test_after_a_reset_the_catch_up_starts_the_new_numbering_at_one(caplog
     room = Room()
     await room.start(epoch=old, last=40)  # Redis came back empty since
     for i in range(1, 4):
-        await room.history.append("r", {"text": str(i)})
+        await room.history.append("r", numbered(str(i)))
     await room.sequencer.catch_up()
     assert room.written == [1, 2, 3]
     assert any(f"was reset (epoch {old} ->" in r.getMessage() for r in caplog.records)

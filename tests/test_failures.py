@@ -276,11 +276,10 @@ async def test_malformed_frames_close_only_their_connection(shared_clusters, con
             assert (await bystander.send(f"after {frame[:10]!r}"))["ok"]
     log = (cluster.logs / "replica-1.log").read_text()
     assert "Traceback" not in log
-    # One warning line per frame: the Socket.IO ones name the packet, the one
-    # that is not an Engine.IO packet at all ("x" * 100) is refused before
-    # the library reads it.
-    print("\n" + "\n".join(line for line in log.splitlines() if "WARNING" in line))
-    assert log.count("malformed packet") == len(MALFORMED) - 1
+    # One line per frame: "45x-[]" announces binary attachments (refused
+    # outright), "x" * 100 is no Engine.IO packet at all.
+    assert log.count("malformed packet") == len(MALFORMED) - 2
+    assert log.count("binary packet refused") == 1
     assert log.count("not an Engine.IO packet") == 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 import pytest
 
@@ -18,6 +19,12 @@ from chat.cursor import Cursor
 from chat.delivery import Sequencer
 from chat.history import MemoryHistory, Slice, resume_gap
 from chat.metrics import Metrics
+
+
+def numbered(text: str) -> dict:
+    """A message as the service stores it: with an id of its own."""
+    return {"id": secrets.token_hex(8), "text": text}
+
 
 
 def msg(seq: int, epoch: str = "e1") -> dict:
@@ -120,7 +127,7 @@ async def test_every_hole_before_the_last_waiting_number_is_read(quick):
     neither is given up while the history holds it."""
     room = Room()
     for i in range(1, 8):
-        await room.history.append("r", {"text": str(i)})
+        await room.history.append("r", numbered(str(i)))
     epoch = room.history.epoch
     await room.start(epoch=epoch)
     for seq in (1, 3, 6, 7):
@@ -150,7 +157,7 @@ async def test_catch_up_fetches_what_never_arrived():
         await room.history.append("r", {"id": f"m{i}", "text": str(i)})  # stored, never relayed
     await room.sequencer.catch_up()  # notes the room's head
     assert room.written == []
-    await room.history.append("r", {"text": "4"})  # may still be on its way live
+    await room.history.append("r", numbered("4"))  # may still be on its way live
     await room.sequencer.catch_up()  # 1-3 still missing a round later: fetched
     assert room.written == [1, 2, 3]
     await room.sequencer.catch_up()  # and 4, a round after it was stored

@@ -9,9 +9,18 @@ keys' expiry.  Written to kill survivors of ``make mutation`` on
 
 from __future__ import annotations
 
+import secrets
+
 import redis.asyncio as aioredis
 
 from chat.history import IDLE_EXPIRY_MS, RedisHistory
+from chat.redis_keys import RedisKeys
+
+
+def numbered(text: str) -> dict:
+    """A message as the service stores it: with an id of its own."""
+    return {"id": secrets.token_hex(8), "text": text}
+
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -19,9 +28,9 @@ DAY_MS = 24 * 3600 * 1000
 async def test_between_heads_and_expiry_at_their_edges(redis_factory):
     server = redis_factory()
     client = aioredis.Redis.from_url(server.url)
-    history = RedisHistory(client, prefix="t", length=100)
+    history = RedisHistory(client, keys=RedisKeys("t"), length=100)
     try:
-        stored = [await history.append("r", {"text": str(i)}) for i in range(1, 5)]
+        stored = [await history.append("r", numbered(str(i))) for i in range(1, 5)]
         epoch = stored[0]["epoch"]
         assert [m["seq"] for m in stored] == [1, 2, 3, 4]
 
