@@ -144,7 +144,7 @@ async def test_a_cut_subscription_costs_the_replicas_clients_nothing(
     room = f"cut-{mode}"
     audience = [await readers(r.url, f"{r.server_id}-reader", room) for r in cluster.replicas]
     sender = await connect(cluster.replicas[0].url, "sender", room=room)
-    admin = redis.Redis.from_url(cluster.redis_url)
+    admin = redis.Redis.from_url(cluster.redis_url, socket_timeout=5)
     try:
         with Stream([sender], every=0.005) as stream:
             await asyncio.sleep(0.5)

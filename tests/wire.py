@@ -173,7 +173,9 @@ def contiguous(seqs: list[int]) -> bool:
 
 async def metric(url: str, name: str) -> float:
     """A replica's counter, summed over its labels (0 when absent)."""
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+    timeout = aiohttp.ClientTimeout(total=10)  # a replica that does not answer fails the test
+    async with aiohttp.ClientSession(timeout=timeout) as http, \
+            http.get(f"{url}/metrics") as response:
         text = await response.text()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name))
