@@ -19,7 +19,7 @@ import pytest
 
 from chat.events import NOT_SENT as STORAGE_DOWN
 from chat.events import UNKNOWN
-from chat.tools.chaos import NOT_SENT, PHASES, PhaseSpan, Receiver, Sent, summarize
+from chat.tools.chaosreport import NOT_SENT, PHASES, PhaseSpan, Receiver, Sent, summarize
 from chat.tools.cluster import LocalCluster, alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
