@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         logger=logger.getChild("socketio"),
         engineio_logger=logger.getChild("engineio"),
     )
-    history, presence_store = create_stores(settings)
+    store, history, presence_store = create_stores(settings)
     sequencer = manager.sequence(history, logger, settings.catch_up_every)
     presence = Presence(presence_store, ttl=settings.presence_ttl, logger=logger,
                         emit=lambda room, event: sio.emit("presence", event, room=room))
@@ -67,8 +67,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         return {"mode": settings.mode, "clients": len(namespace.clients), "ready": ready,
                 "reason": reason}
 
-    registry = Registry(getattr(history, "redis", None),
-                        key=RedisKeys(settings.redis_channel).replicas,
+    registry = Registry(store, key=RedisKeys(settings.redis_channel).replicas,
                         server_id=settings.server_id, ttl=settings.presence_ttl,
                         status=status, logger=logger)
 
@@ -177,14 +176,15 @@ async def _cancel_ping_timers() -> None:
 
 
 def create_stores(settings: Settings):
-    """The room history and the presence store: in Redis when there is one
-    (one connection pool for both, of at most REDIS_MAX_CONNECTIONS), else in
-    this process."""
+    """The store's Redis client (None without Redis), the room history and
+    the presence store: in Redis when there is one (one client, and one pool
+    of at most REDIS_MAX_CONNECTIONS, for both and the replica registry),
+    else in this process."""
     if settings.mode == "memory":
-        return MemoryHistory(settings.history_length), MemoryStore()
+        return None, MemoryHistory(settings.history_length), MemoryStore()
     client = store_client(settings)
     keys = RedisKeys(settings.redis_channel)
-    return (RedisHistory(client, keys=keys, length=settings.history_length),
+    return (client, RedisHistory(client, keys=keys, length=settings.history_length),
             RedisStore(client, keys=keys, ttl=settings.presence_ttl))
 
 
