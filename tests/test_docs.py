@@ -14,7 +14,8 @@ Each line of a ``bash`` block in README.md and docs/*.md is one of:
 * a command listed in ``ELSEWHERE`` with the reason it is checked elsewhere.
 
 Anything else fails the test: a command the docs show and nothing checks.
-Output belongs in ``text`` blocks, not ``bash`` ones.
+Output belongs in ``text`` blocks, not ``bash`` ones.  The README's layout
+table is held to the tree, and its configuration table to the settings.
 """
 
 from __future__ import annotations
@@ -163,3 +164,16 @@ def test_the_readme_layout_table_matches_the_tree():
     unnamed = sorted(m for m in modules
                      if m not in paths and not any(m.startswith(f) for f in folders))
     assert not unnamed, f"modules the layout table does not name: {unnamed}"
+
+
+def test_every_setting_is_in_the_readmes_configuration_table():
+    import dataclasses
+
+    from chat.settings import Settings
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([A-Z][A-Z_]+)`", table))
+    missing = sorted(f.name.upper() for f in dataclasses.fields(Settings)
+                     if f.name.upper() not in named)
+    assert not missing, f"settings the README's configuration table does not name: {missing}"
