@@ -164,7 +164,9 @@ class Stream:
 
     async def stop(self):
         self.__exit__()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(self._tasks, timeout=15) if self._tasks else ((), ())
+        if pending:  # a send that ignores its cancellation: say so, do not hang
+            pytest.fail(f"{len(pending)} sender tasks still running 15 s after stop()")
 
 
 def contiguous(seqs: list[int]) -> bool:
