@@ -137,11 +137,15 @@ class Stream:
         self.every = every
         self.acked: list[int] = []
         self.refused: list[str] = []
+        self.stopped = False
         self._tasks: list[asyncio.Task] = []
 
     async def _run(self, sender):
         n = 0
-        while True:
+        # Stopped by a flag as well as by cancelling: asyncio.wait_for (in
+        # the client's call) can swallow a cancellation that meets its
+        # answer, and this loop would then talk on forever.
+        while not self.stopped:
             n += 1
             try:
                 ack = await sender.send(f"{sender.name} {n}", timeout=5)
@@ -159,6 +163,7 @@ class Stream:
         return self
 
     def __exit__(self, *exc):
+        self.stopped = True
         for task in self._tasks:
             task.cancel()
 
