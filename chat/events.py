@@ -246,8 +246,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             return refusal(str(exc))
         message = chat_message(room=client.room, name=client.name, text=text,
                                server=self.settings.server_id, id=mid)
+        return await self.post(client.room, message)
+
+    async def post(self, room: str, message: dict) -> dict:
+        """Store ``message`` in ``room``'s history, relay it, and return the
+        sender's ack.  Every way into the chat (a socket's ``message``, the
+        HTTP API) posts through here, so all get the same numbering,
+        idempotency and answers."""
         try:
-            message = await self.history.append(client.room, message)
+            message = await self.history.append(room, message)
         except HistoryUnavailable as exc:
             # Not stored means not numbered: nobody gets it, and the sender
             # is told so and may send it again.
@@ -269,12 +276,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             # it was relayed then, or the replicas' catch-up reads it.
             return {"ok": True, "id": message["id"], "seq": message["seq"], "duplicate": True}
         self.metrics.accepted.inc()
-        await self.presence.flush(client.room)  # "ana joined" before ana's words
+        await self.presence.flush(room)  # "ana joined" before ana's words
         # If the relay fails the message is still stored, so not lost: the
         # other replicas read it from the history within a second
         # (Sequencer.catch_up).
         with contextlib.suppress(BackplaneUnavailable):
-            await self.emit("message", message, room=client.room)
+            await self.emit("message", message, room=room)
         return {"ok": True, "id": message["id"], "seq": message["seq"]}
 
     async def on_join(self, sid, payload):
