@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
         logger=logger.getChild("socketio"),
         engineio_logger=logger.getChild("engineio"),
     )
-    store, history, presence_store = create_stores(settings)
+    store, history, presence_store = create_stores(
+        settings, relay_host=manager.host_id if settings.mode == "pubsub" else None)
     sequencer = manager.sequence(history, logger, settings.catch_up_every)
     presence = Presence(presence_store, ttl=settings.presence_ttl, logger=logger,
                         emit=lambda room, event: sio.emit("presence", event, room=room))
@@ -175,16 +176,19 @@ async def _cancel_ping_timers() -> None:
     await asyncio.gather(*timers, return_exceptions=True)
 
 
-def create_stores(settings: Settings):
+def create_stores(settings: Settings, relay_host: str | None = None):
     """The store's Redis client (None without Redis), the room history and
     the presence store: in Redis when there is one (one client, and one pool
     of at most REDIS_MAX_CONNECTIONS, for both and the replica registry),
-    else in this process."""
+    else in this process.  ``relay_host``: the pubsub manager's host id, when
+    the history's append script is to publish each message itself."""
     if settings.mode == "memory":
         return None, MemoryHistory(settings.history_length), MemoryStore()
     client = store_client(settings)
     keys = RedisKeys(settings.redis_channel)
-    return (client, RedisHistory(client, keys=keys, length=settings.history_length),
+    history = RedisHistory(client, keys=keys, length=settings.history_length,
+                           relay_host=relay_host)
+    return (client, history,
             RedisStore(client, keys=keys, ttl=settings.presence_ttl))
 
 

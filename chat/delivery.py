@@ -172,21 +172,41 @@ class Sequencer:
             return
         heads = await self.history.heads(rooms)
         for room, (epoch, head) in heads.items():
-            line = self.lines.get(room)
-            if line is None or line.cursor.epoch is None:
-                continue
-            async with line.lock:
-                cursor = line.cursor
-                if epoch != cursor.epoch:
-                    self._warn_reset(room, cursor.epoch, epoch)
-                    line.restart(epoch, 0)
-                    line.seen_head = head
-                behind = min(line.seen_head, head)
+            await self._catch_room(room, epoch, head, lag=True)
+
+    async def refresh(self, rooms) -> None:
+        """Read what ``rooms`` hold beyond their lines, now.
+
+        Called when Redis confirms that this replica hears a room's channel
+        (pubsub mode): a message published before that instant will never
+        arrive live, so it is read from the history at once instead of at
+        the next catch-up round."""
+        rooms = [room for room in rooms if (line := self.lines.get(room)) is not None
+                 and line.cursor.epoch is not None]
+        if not rooms:
+            return
+        heads = await self.history.heads(rooms)
+        for room, (epoch, head) in heads.items():
+            await self._catch_room(room, epoch, head, lag=False)
+
+    async def _catch_room(self, room: str, epoch: str, head: int, *, lag: bool) -> None:
+        """Bring ``room``'s line up to ``head``; with ``lag``, only up to the
+        head seen a round ago (newer ones may be on their way live)."""
+        line = self.lines.get(room)
+        if line is None or line.cursor.epoch is None:
+            return
+        async with line.lock:
+            cursor = line.cursor
+            if epoch != cursor.epoch:
+                self._warn_reset(room, cursor.epoch, epoch)
+                line.restart(epoch, 0)
                 line.seen_head = head
-                if cursor.seq >= behind:
-                    continue
-                found = await self.history.between(room, cursor.seq, behind + 1)
-                await self._write(room, self._take(cursor, found))
+            behind = min(line.seen_head, head) if lag else head
+            line.seen_head = head
+            if cursor.seq >= behind:
+                return
+            found = await self.history.between(room, cursor.seq, behind + 1)
+            await self._write(room, self._take(cursor, found))
 
     async def run(self) -> None:
         """Catch up forever (a task of the replica's lifetime), unless off."""

@@ -253,6 +253,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         sender's ack.  Every way into the chat (a socket's ``message``, the
         HTTP API) posts through here, so all get the same numbering,
         idempotency and answers."""
+        # "ana joined" before ana's words: presence changes go out first (in
+        # pubsub mode the append below publishes the message itself).
+        await self.presence.flush(room)
         try:
             message = await self.history.append(room, message)
         except HistoryUnavailable as exc:
@@ -276,12 +279,13 @@ class ChatNamespace(socketio.AsyncNamespace):
             # it was relayed then, or the replicas' catch-up reads it.
             return {"ok": True, "id": message["id"], "seq": message["seq"], "duplicate": True}
         self.metrics.accepted.inc()
-        await self.presence.flush(room)  # "ana joined" before ana's words
         # If the relay fails the message is still stored, so not lost: the
         # other replicas read it from the history within a second
-        # (Sequencer.catch_up).
+        # (Sequencer.catch_up).  When the history relayed it already (pubsub
+        # mode: one round trip), only this replica's sockets are left.
         with contextlib.suppress(BackplaneUnavailable):
-            await self.emit("message", message, room=room)
+            await self.emit("message", message, room=room,
+                            ignore_queue=self.history.relays)
         return {"ok": True, "id": message["id"], "seq": message["seq"]}
 
     async def on_join(self, sid, payload):

@@ -66,9 +66,13 @@ IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
 EMPTY_EXPIRY_MS = 10 * 60 * 1000  # a room without a message: 10 minutes after its last use
 
 # KEYS: meta, log, ids.  ARGV: a new epoch, length, message JSON, expiry
-# (ms), message id.  Returns {seq, epoch, 1 if the id was stored before}.
-# Reads first, so that a refusal (out of memory: Redis checks at the first
-# write) comes before anything is written.
+# (ms), message id, then the room's channel ('' for none), the sender's
+# host id and the publish command.  Returns {seq, epoch, 1 if the id was
+# stored before}.  Reads first, so that a refusal (out of memory: Redis
+# checks at the first write) comes before anything is written.  With a
+# channel, the stored message is also published there, ready to write to
+# sockets (the room-channel frame of ``backplane/frames.py``): the one round
+# trip of a message, and Redis's order of publishing is the order of numbers.
 APPEND = """
 local first = redis.call('ZSCORE', KEYS[3], ARGV[5])
 if first then
@@ -84,7 +88,13 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return {seq, redis.call('HGET', KEYS[1], 'epoch'), 0}
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if ARGV[6] ~= '' then
+  local body = string.sub(ARGV[3], 1, -2) .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
+  redis.call(ARGV[8], ARGV[6],
+             ARGV[7] .. ' ' .. seq .. ' ' .. epoch .. ' - 2["message",' .. body .. ']')
+end
+return {seq, epoch, 0}
 """
 
 
@@ -132,6 +142,8 @@ def resume_gap(piece: Slice, epoch: str | None, after: int) -> str | None:
 class MemoryHistory:
     """History for the single node without Redis (``mode`` memory)."""
 
+    relays = False  # the manager relays what is stored here
+
     def __init__(self, length: int):
         self.length = length
         self.epoch = new_epoch()  # one per process: a restart forgets everything
@@ -177,10 +189,17 @@ class MemoryHistory:
 class RedisHistory:
     """History in Redis, shared by every replica (both Redis modes)."""
 
-    def __init__(self, client: aioredis.Redis, *, keys: RedisKeys, length: int):
+    def __init__(self, client: aioredis.Redis, *, keys: RedisKeys, length: int,
+                 relay_host: str | None = None, publish: str = "PUBLISH"):
         self.redis = client
         self.keys = keys
         self.length = length
+        # pubsub mode: the append script also publishes each new message on
+        # its room's channel, tagged with this replica's host id, so the
+        # manager needs neither to publish it nor to hear it back.
+        self.relay_host = relay_host
+        self.relays = relay_host is not None
+        self.publish = publish
         self._append = client.register_script(APPEND)
 
     def _keys(self, room: str) -> tuple[str, str]:
@@ -195,7 +214,9 @@ class RedisHistory:
             seq, epoch, before = await self._append(
                 keys=[meta, log, ids],
                 args=[new_epoch(), self.length, jsonio.dumps(message), IDLE_EXPIRY_MS,
-                      message["id"]])
+                      message["id"],
+                      self.keys.room_channel(room) if self.relays else "",
+                      self.relay_host or "", self.publish])
         except ResponseError as exc:  # Redis answered: nothing was written
             raise HistoryRefused(refusal_reason(exc)) from None
         except (OSError, RedisError) as exc:

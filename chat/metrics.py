@@ -37,6 +37,12 @@ class Metrics:
             "chat_connected_clients", "Clients connected to this replica",
             labels, registry=self.registry,
         ).labels(*values)
+        self.channels = Gauge(
+            "chat_backplane_channels",
+            "Redis channels this replica is subscribed to (pubsub mode: the control "
+            "channel and one per room with members here)",
+            labels, registry=self.registry,
+        ).labels(*values)
         self.accepted = counter(
             "chat_messages_accepted", "Chat messages accepted from this replica's clients")
         self.delivered = counter(

@@ -1,7 +1,7 @@
 """Presence: who is online in each room, across every replica.
 
 Each connection in a room is an entry ``[id, name]`` in the room's Redis
-sorted set ``C:room:R:presence``, scored by the time (ms) it expires.  The
+sorted set ``C:room:{R}:presence``, scored by the time (ms) it expires.  The
 replica holding the connection refreshes the expiry of all its entries every
 ``PRESENCE_TTL / 3`` seconds, so entries of a replica that crashed stop
 being refreshed and expire.  ``id`` is a random tag per connection, not the

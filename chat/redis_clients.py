@@ -120,3 +120,16 @@ def store_client(settings: Settings) -> aioredis.Redis:
     """
     return redis_client(settings.redis_url, client_name(settings.server_id) + ":store",
                         settings.redis_max_connections, retry=Retry(NoBackoff(), 0))
+
+
+def subscriber_client(url: str, client_name: str) -> aioredis.Redis:
+    """The client of a pubsub-mode subscription (``backplane/subscriber.py``).
+
+    No retry: on a broken connection redis-py would quietly reconnect and
+    subscribe again only the channels it knows of, and ours are sent as
+    raw commands.  The subscriber must see the break, and subscribe every
+    room again itself.  No socket timeout either: the reader waits with its
+    own timeouts, and a long quiet spell is normal.
+    """
+    return redis_client(url, client_name + ":sub", 2, retry=Retry(NoBackoff(), 0),
+                        socket_timeout=None)

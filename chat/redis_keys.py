@@ -3,15 +3,23 @@
 All of them start with ``REDIS_CHANNEL`` (``C`` below, ``chat:messages`` by
 default), so two chats can share one Redis without meeting.  For a room R::
 
-    C                    channel  the backplane: every replica publishes and
-                                  subscribes here (both modes)
-    C:room:R:meta        hash     the room's epoch and latest number (history.py)
-    C:room:R:log         stream   the room's messages, <seq>-0 -> {m: JSON}
-    C:room:R:ids         zset     message id -> number, for the messages the
+    C                    channel  socketio mode: the library's one channel,
+                                  every replica publishes and subscribes here;
+                                  pubsub mode: the control channel, for what
+                                  is not a room broadcast (backplane/manual.py)
+    C:room:{R}           channel  pubsub mode: the room's broadcasts, heard
+                                  only by replicas with members in R
+    C:room:{R}:meta      hash     the room's epoch and latest number (history.py)
+    C:room:{R}:log       stream   the room's messages, <seq>-0 -> {m: JSON}
+    C:room:{R}:ids       zset     message id -> number, for the messages the
                                   log holds: a retried id is stored once
-    C:room:R:presence    zset     [id, name] -> expiry (ms) (presence.py)
+    C:room:{R}:presence  zset     [id, name] -> expiry (ms) (presence.py)
     C:replicas           hash     server id -> its health (replicas.py)
 
+``{R}`` is a Redis Cluster *hash tag*: a room's keys and its channel hash to
+one slot, so the script that stores a message can also publish it, and on
+a Cluster all of a room lives on one shard.  (A room name holding ``}``
+cuts the tag short, the same way for all of its keys: they still meet.)
 How long each lives is up to the module that writes it; a room's keys all
 expire when the room goes quiet.
 """
@@ -33,8 +41,11 @@ class RedisKeys:
     def replicas(self) -> str:
         return f"{self.prefix}:replicas"
 
+    def room_channel(self, room: str) -> str:
+        return f"{self.prefix}:room:{{{room}}}"
+
     def _room(self, room: str, what: str) -> str:
-        return f"{self.prefix}:room:{room}:{what}"
+        return f"{self.prefix}:room:{{{room}}}:{what}"
 
     def room_meta(self, room: str) -> str:
         return self._room(room, "meta")

@@ -65,7 +65,7 @@ def room_keys(admin, room: str) -> dict[str, tuple[int, int]]:
     """Each existing key of ``room``: (MEMORY USAGE bytes, TTL in seconds)."""
     out = {}
     for kind in ("meta", "log", "ids", "presence"):
-        key = f"chat:messages:room:{room}:{kind}"
+        key = f"chat:messages:room:{{{room}}}:{kind}"
         if admin.exists(key):
             out[kind] = (admin.memory_usage(key, samples=0), admin.ttl(key))
     return out

@@ -4,8 +4,8 @@ and how the manual mode gives up a subscription that went silent.
 The replica tests (``test_backplane.py``) pass in both modes whichever
 manager runs, and a half-open TCP connection is hard to make for real; both
 let mutants of ``chat/backplane`` survive (docs/testing.md), so they are
-pinned here.  The silent subscription is a stand-in object with the two
-methods ``_messages`` calls.
+pinned here.  The silent subscription is a stand-in object with what the
+subscriber's reader calls.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 
 import pytest
 
-from chat.backplane import create_manager, manual
+from chat.backplane import create_manager, subscriber
 from chat.backplane.automatic import AutomaticRedisManager
 from chat.backplane.manual import ManualRedisManager
 from chat.backplane.memory import MemoryManager
@@ -41,25 +41,27 @@ class Silent:
 
     def __init__(self):
         self.pings = 0
+        self.connection = self
 
     async def get_message(self, timeout):
         await asyncio.sleep(0.02)
         return None
 
-    async def ping(self):
+    async def send_command(self, *args, check_health=True):
+        assert args == ("PING",)
         self.pings += 1
 
 
 async def test_a_silent_subscription_is_pinged_then_given_up(monkeypatch):
-    monkeypatch.setattr(manual, "IDLE_PING", 0.1)
-    monkeypatch.setattr(manual, "DEAD_AFTER", 0.3)
+    monkeypatch.setattr(subscriber, "IDLE_PING", 0.1)
+    monkeypatch.setattr(subscriber, "DEAD_AFTER", 0.3)
     manager = ManualRedisManager(URL, channel="c", client_name="test",
                                  metrics=Metrics("t", "pubsub"))
     silent = Silent()
     started = asyncio.get_running_loop().time()
     with pytest.raises(ConnectionError, match="no answer from Redis"):
         async with asyncio.timeout(5):
-            async for _ in manager._messages(silent):
+            async for _ in manager.subscriber._read(silent, asyncio.Future()):
                 pass
     assert silent.pings == 1
     assert asyncio.get_running_loop().time() - started >= 0.3

@@ -36,7 +36,11 @@ class Observed:
         (``chat.delivery``): in order, once, with holes filled from
         ``history``."""
         async def write(room, message):
-            await self._deliver("message", [message], "/", room, None)
+            packet = message.get("packet")  # as it came off a room channel
+            if packet is not None:
+                await self._write_packet(packet, "/", room, None, counted=True)
+            else:
+                await self._deliver("message", [message], "/", room, None)
 
         def occupied(room) -> bool:
             return bool(self.rooms.get("/", {}).get(room))
@@ -44,6 +48,17 @@ class Observed:
         self.sequencer = Sequencer(history, write, occupied, self.metrics, logger,
                                    catch_up_every)
         return self.sequencer
+
+    async def emit(self, event, data, namespace=None, room=None, skip_sid=None,
+                   callback=None, to=None, **kwargs):
+        """A chat message emitted with ``ignore_queue`` (its history already
+        relayed it: ``RedisHistory.relays``) still goes through the room's
+        line here; everything else as the manager class does it."""
+        if (kwargs.get("ignore_queue") and callback is None and not isinstance(data, tuple)
+                and await self._sequenced(event, [data], namespace, to or room)):
+            return None
+        return await super().emit(event, data, namespace=namespace, room=room,
+                                  skip_sid=skip_sid, callback=callback, to=to, **kwargs)
 
     async def _sequenced(self, event, args, namespace, room) -> bool:
         """Hand a numbered chat message to the sequencer; False if it is not one."""
@@ -54,27 +69,40 @@ class Observed:
         await self.sequencer.accept(room, args[0])
         return True
 
+    def _encode(self, event, args: list, namespace) -> str | None:
+        """The Socket.IO packet text of an event; None when it has binary parts."""
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
+                                       data=[event, *args])
+        encoded = pkt.encode()
+        return None if isinstance(encoded, list) else encoded
+
     async def _deliver(self, event, args: list, namespace, room, skip_sid) -> int | None:
         """Write one event to this replica's sockets in ``room``.
 
         python-socketio's own local emit starts an asyncio task per
         recipient and waits for all of them; a chat message to a room of a
-        hundred costs a hundred tasks.  Here the packet is encoded once, and
-        so is its WebSocket frame, which is written straight to each idle
-        WebSocket (``UncompressedWebSocket.write`` in ``chat/server.py``);
-        other sockets get it through their send queue, in a plain loop (a
-        queue put does not block).  Returns how many sockets got it, or None when the
-        packet has binary parts and the library's path must take it.
+        hundred costs a hundred tasks.  Here the packet is encoded once (see
+        :meth:`_write_packet`).  Returns how many sockets got it, or None
+        when the packet has binary parts and the library's path must take it.
         """
-        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
-                                       data=[event, *args])
-        encoded = pkt.encode()
-        if isinstance(encoded, list):  # binary attachments
+        encoded = self._encode(event, args, namespace)
+        if encoded is None:
             return None
+        return await self._write_packet(encoded, namespace, room, skip_sid,
+                                        counted=event == "message")
+
+    async def _write_packet(self, encoded: str, namespace, room, skip_sid, *,
+                            counted: bool) -> int:
+        """Write an encoded Socket.IO packet to this replica's sockets in
+        ``room``: its WebSocket frame is built once and written straight to
+        each idle WebSocket (``UncompressedWebSocket.write`` in
+        ``chat/server.py``); other sockets get it through their send queue,
+        in a plain loop (a queue put does not block).  ``counted``: a chat
+        message, for the metrics."""
         frame = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         wire = None  # the WebSocket frame, built for the first direct write
         now = time.time()
-        skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
+        skip = skip_sid if isinstance(skip_sid, list | tuple) else (skip_sid,)
         sockets = self.server.eio.sockets
         sent = direct_writes = 0
         for sid, eio_sid in self.get_participants(namespace, room):
@@ -94,7 +122,7 @@ class Observed:
             except SocketIsClosedError:  # closed since: nothing to deliver
                 continue
             sent += 1
-        if event == "message":
+        if counted:
             self.metrics.delivered.inc(sent)
             self.metrics.written_directly.inc(direct_writes)
         return sent

@@ -1,78 +1,66 @@
-"""The "manual" mode: Redis PUBLISH/SUBSCRIBE written out by hand.
+"""The "manual" mode: each replica hears only the rooms it has members in.
 
 python-socketio splits a multi-server manager in two layers.  The base class
 ``socketio.AsyncPubSubManager`` turns every operation that may concern a
 client on another replica into a message (a dict with a ``method`` and the
 sender's ``host_id``) and replays other hosts' messages locally.  A transport
-subclass supplies only two hooks: ``_publish(message)`` and ``_listen()``.
-This class is such a transport, written here so a reader can see every step
-that the automatic mode (``automatic.py``, the library's own
-``AsyncRedisManager``) does out of sight, and so that we decide how fast it
-recovers.
+subclass supplies ``_publish(message)`` and a listening loop.  The library's
+own Redis transport (the automatic mode, ``automatic.py``) sends all of it
+down one channel, so every replica receives, decodes and sequences every
+message of every room.  This one routes by room:
 
-One chat message through three replicas::
+* **a channel per room** (``C:room:{R}``), subscribed while the room has a
+  member on this replica (``subscriber.py``).  Room broadcasts travel there
+  as ready-to-write Socket.IO packets (``frames.py``): a receiving replica
+  writes them to its sockets without touching JSON;
+* **one control channel** (``C``) that every replica hears, for what the base
+  class routes that is not a room broadcast: an emit to a sid held
+  elsewhere, or to everyone; the answer to an ack requested through another
+  replica (``callback``); ``enter_room``, ``leave_room``, ``disconnect`` and
+  ``close_room`` for sids held elsewhere.  JSON, as the library writes it.
 
-    client A --ws--> replica 1  ChatNamespace.on_message
-        history.append(room, msg)      # EVALSHA: numbered (seq) and stored
-        sio.emit("message", msg, room="general")
-        AsyncPubSubManager.emit
-          1. _handle_emit(message)     # handle in this host: replica 1's own
-                                       # sockets in "general" get it now,
-                                       # through the room's Sequencer
-          2. _publish(message)         # PUBLISH chat:messages <json>  (here)
-    Redis sends the payload to every subscriber of chat:messages, replica 1
-    included.
-    replicas 1, 2, 3  _listen()        # SUBSCRIBE loop yields it      (here)
-        AsyncPubSubManager._thread     # json-decodes; replica 1 drops it
-                                       # (its own host_id); 2 and 3 go on
-          _handle_emit(message)        # Sequencer: in seq order, once, to
-                                       # their sockets in "general"
+One chat message through three replicas, in one Redis round trip::
 
-The same path carries the other methods the base class routes: an emit to one
-sid or with ``skip_sid``; ``callback`` (the answer to an ack requested by a
-replica that does not hold the sid, addressed back to that replica's
-host_id); ``enter_room``, ``leave_room`` and ``disconnect`` for a sid held by
-another replica, acted on only by the replica that holds it.
+    client A --ws--> replica 1  ChatNamespace.post
+        history.append(room, msg)  # EVALSHA: numbered, stored, and PUBLISHed
+                                   # on C:room:{general} as a frame (history.py)
+        sio.emit("message", msg, room="general", ignore_queue=True)
+                                   # replica 1's own sockets, through the
+                                   # room's Sequencer; nothing more to publish
+    Redis sends the frame to the replicas subscribed to C:room:{general}
+    (those with members there): 2 has some, 3 has none and hears nothing.
+    replica 2  _thread -> _room_frame  # skip our own host id; Sequencer: in
+                                       # seq order, once; the packet written
+                                       # as it came
 
-Failure handling, which is what this file adds over the library:
+Presence and typing events ride the room channel too (``_publish`` frames
+them), so a room's events keep their order on the way.
 
-* ``_publish`` raises ``BackplaneUnavailable`` when Redis does not take the
-  message (redis-py retries once on a broken connection).  By then the
-  message is stored in the room's history (``chat/history.py``), so the
-  sender is still told "ok": other replicas read it from the history within
-  a second or two (``chat/delivery.py``).  The same covers a message
-  published while some replica is not subscribed, e.g. right after Redis
-  comes back: pub/sub is the fast path, the history the guarantee.  (Before
-  the history existed, this class refused to publish until every replica
-  had had time to resubscribe, and told senders their message stayed local.)
-* ``_listen`` owns its reconnect loop: when the subscription breaks it retries
-  after 50 ms, doubling up to 500 ms (with jitter), so it is subscribed again
-  within about half a second of Redis coming back (the library waits up to
-  60 s).  "Subscribed" means Redis confirmed the SUBSCRIBE.  Losing and
-  regaining the subscription are logged once each, and counted.
-* A subscription that goes silent is probed with PING; no answer within
-  ``DEAD_AFTER`` seconds counts as a lost connection, so a half-open TCP
-  connection cannot leave the replica deaf forever.
+Failure handling:
+
+* ``_publish`` raises ``BackplaneUnavailable`` when Redis does not take a
+  message (redis-py retries once on a broken connection).  Chat messages are
+  in the history by then; the replicas read them from it (``delivery.py``).
+* Losing and regaining the subscription are logged once each and counted;
+  every room channel is subscribed again with the control channel, and each
+  room's line reads from the history what it missed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-import time
 
 from redis.exceptions import RedisError
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from ..redis_clients import ping, redis_client
+from ..protocol import RESERVED_ROOM
+from ..redis_clients import ping, redis_client, subscriber_client
+from ..redis_keys import RedisKeys
+from . import frames
 from .base import BackplaneUnavailable, Observed
+from .subscriber import Subscriber
 
-RETRY_FIRST = 0.05  # seconds before the first resubscribe attempt
-RETRY_MAX = 0.5  # cap of the doubling backoff
-CONFIRM_WITHIN = 2.0  # seconds Redis has to confirm a SUBSCRIBE
-IDLE_PING = 5.0  # PING the subscription after this long without traffic
-DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
+CONTROL_METHODS = {"emit", "disconnect", "enter_room", "leave_room", "close_room"}
 
 
 class ManualRedisManager(Observed, AsyncPubSubManager):
@@ -81,18 +69,73 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
     def __init__(self, url, *, channel, client_name, metrics, logger=None,
                  max_connections=32):
         super().__init__(channel=channel, logger=logger, metrics=metrics)
-        # One client, two uses: its bounded pool serves PUBLISH and PING, and
-        # gives each subscription its dedicated connection.
+        self.keys = RedisKeys(channel)
+        # PUBLISH and PING on a bounded pool; the subscription on a client
+        # of its own, which does not reconnect behind the subscriber's back.
         self.redis = redis_client(url, client_name, max_connections)
-        self.subscribed = False
+        self.subscriber = Subscriber(subscriber_client(url, client_name), channel, metrics,
+                                     self._get_logger(), on_confirmed=self._subscribed_to)
+        self.subscriber.channel_of = self.keys.room_channel
         self._publish_failing = False
+        self._to_refresh: set[str] = set()
+        self._refresher: asyncio.Task | None = None
 
-    # -- transport hook 1: send ------------------------------------------
+    @property
+    def subscribed(self) -> bool:
+        return self.subscriber.subscribed
+
+    # -- subscriptions follow the members --------------------------------
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self._chat_room(namespace, room, sid):
+            self.subscriber.want(room)
+
+    def basic_leave_room(self, sid, namespace, room):
+        super().basic_leave_room(sid, namespace, room)
+        if self._chat_room(namespace, room, sid) and not self.rooms.get(namespace, {}).get(room):
+            self.subscriber.drop(room)
+
+    @staticmethod
+    def _chat_room(namespace, room, sid) -> bool:
+        """A room people talk in (not the None room, nor a sid's own)."""
+        return namespace == "/" and isinstance(room, str) and room != sid
+
+    def _subscribed_to(self, rooms: list[str]) -> None:
+        """Redis confirmed these rooms' channels: what was published there
+        before is read from the history (one batch for all of them)."""
+        self._to_refresh.update(rooms)
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        while self._to_refresh and self.sequencer is not None:
+            rooms, self._to_refresh = self._to_refresh, set()
+            try:
+                await self.sequencer.refresh(rooms)
+            except Exception as exc:  # the catch-up loop covers it within a second
+                self._get_logger().warning("backplane: reading %d rooms after "
+                                           "subscribing failed: %s", len(rooms), exc)
+
+    # -- send ------------------------------------------------------------
     async def _publish(self, message):
-        payload = self.json.dumps(message)
+        room = message.get("room")
+        if (message.get("method") == "emit" and not message.get("callback")
+                and not message.get("binary") and message.get("namespace") in (None, "/")
+                and isinstance(room, str) and not RESERVED_ROOM.fullmatch(room)):
+            # A room, not a sid (sid-shaped names are never rooms: protocol.py):
+            # an emit to a sid held elsewhere must go where every replica hears.
+            packet = self._encode(message["event"], message["data"], "/")
+            if packet is not None:
+                await self._send(self.keys.room_channel(room),
+                                 frames.room_frame(self.host_id, packet,
+                                                   message.get("skip_sid")))
+                return
+        await self._send(self.channel, self.json.dumps(message))
+
+    async def _send(self, channel: str, payload) -> None:
         try:
             # redis-py retries once on a broken connection (redis_options)
-            await self.redis.publish(self.channel, payload)
+            await self.redis.publish(channel, payload)
         except (OSError, RedisError) as exc:
             self.metrics.publish_failures.inc()
             if not self._publish_failing:
@@ -104,80 +147,45 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
             self._publish_failing = False
             self._get_logger().info("backplane: PUBLISH works again")
 
-    # -- transport hook 2: receive ---------------------------------------
-    async def _listen(self):
-        delay = RETRY_FIRST
-        lost_at = time.monotonic()  # not subscribed yet counts as lost
-        attempts = 0
-        ever = False
-        while True:
-            pubsub = self.redis.pubsub()
+    # -- receive ---------------------------------------------------------
+    async def _thread(self):
+        async for channel, payload in self.subscriber.messages():
             try:
-                await self._subscribe(pubsub)
-                self.subscribed = True
-                if ever:
-                    self.metrics.reconnects.inc()
-                self._get_logger().info(
-                    "backplane: subscribed %sto %s after %.1f s (%d attempts)",
-                    "again " if ever else "", self.channel,
-                    time.monotonic() - lost_at, attempts + 1)
-                ever, lost_at, attempts, delay = True, None, 0, RETRY_FIRST
-                async for data in self._messages(pubsub):
-                    yield data
-            except (OSError, RedisError) as exc:
-                self.subscribed = False
-                if lost_at is None or attempts == 0:
-                    lost_at = lost_at or time.monotonic()
-                    self._get_logger().warning(
-                        "backplane: %s (%s); retrying every %.2f-%.1f s",
-                        "subscription lost" if ever else "cannot subscribe yet",
-                        exc or type(exc).__name__, RETRY_FIRST, RETRY_MAX)
-                attempts += 1
-                await _close_quietly(pubsub)
-                # Jitter, so replicas do not all hit a returning Redis at once.
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, RETRY_MAX)
-            finally:
-                self.subscribed = False
-                await _close_quietly(pubsub)
+                if channel == self.channel:
+                    await self._control(payload)
+                else:
+                    await self._room_frame(channel, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._get_logger().exception("backplane: handling a message from %s "
+                                             "failed", channel)
 
-    async def _subscribe(self, pubsub) -> None:
-        """SUBSCRIBE and wait for Redis to confirm it.
+    async def _room_frame(self, channel: str, payload) -> None:
+        room = self.subscriber.wanted.get(channel)
+        if room is None:  # nobody here any more (UNSUBSCRIBE on its way)
+            return
+        frame = frames.parse(payload)
+        if frame.host == self.host_id:
+            return  # written to our own sockets when it was sent
+        if frame.seq is not None and self.sequencer is not None:
+            await self.sequencer.accept(room, {"seq": frame.seq, "epoch": frame.epoch,
+                                               "packet": frame.packet})
+            return
+        await self._write_packet(frame.packet, "/", room, frame.skip,
+                                 counted=frame.seq is not None)
 
-        redis-py only writes the command; until the confirmation arrives the
-        replica is not really listening, and must not say it is.
-        """
-        await pubsub.subscribe(self.channel)
-        deadline = time.monotonic() + CONFIRM_WITHIN
-        while time.monotonic() < deadline:
-            reply = await pubsub.get_message(timeout=0.2)
-            if reply is not None and reply["type"] == "subscribe":
-                return
-        raise ConnectionError(f"SUBSCRIBE not confirmed within {CONFIRM_WITHIN} s")
-
-    async def _messages(self, pubsub):
-        """Yield the payloads published on the channel, probing a silent link."""
-        heard = time.monotonic()
-        pinged = False
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            now = time.monotonic()
-            if message is not None:
-                heard, pinged = now, False
-                if message["type"] == "message":
-                    self.metrics.received.inc()
-                    yield message["data"]
-                continue
-            silent = now - heard
-            if silent > DEAD_AFTER:
-                raise ConnectionError(f"no answer from Redis for {silent:.0f} s")
-            if silent > IDLE_PING and not pinged:
-                await pubsub.ping()
-                pinged = True
+    async def _control(self, payload) -> None:
+        message = self.json.loads(payload)
+        method = message.get("method") if isinstance(message, dict) else None
+        if method == "callback":
+            await self._handle_callback(message)  # it checks the host id
+        elif method in CONTROL_METHODS and message.get("host_id") != self.host_id:
+            await getattr(self, f"_handle_{method}")(message)
 
     # -- what the rest of the app asks -----------------------------------
     async def ready(self):
-        if not self.subscribed:
+        if not self.subscriber.subscribed:
             return False, "not subscribed to the Redis channel"
         if not await ping(self.redis):
             return False, "Redis does not answer PING"
@@ -185,9 +193,9 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
 
     async def close(self):
         await super().close()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        await self.subscriber.redis.aclose()
         await self.redis.aclose()
 
-
-async def _close_quietly(pubsub) -> None:
-    with contextlib.suppress(OSError, RedisError):
-        await pubsub.aclose()
