@@ -324,7 +324,7 @@ def as_text(value) -> str:
 
 def _entry(entry, epoch: str) -> dict:
     entry_id, fields = entry
-    message = jsonio.loads(fields[b"m"])
+    message = jsonio.loads_own(fields[b"m"])
     message["seq"] = int(as_text(entry_id).partition("-")[0])
     message["epoch"] = epoch
     return message

@@ -136,7 +136,7 @@ def entry(pid: str, name: str) -> str:
 
 
 def person(raw: str) -> dict:
-    pid, name = jsonio.loads(raw)
+    pid, name = jsonio.loads_own(raw)
     return {"id": pid, "name": name}
 
 

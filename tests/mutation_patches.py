@@ -27,9 +27,8 @@ PYTEST = [str(ROOT / ".venv" / "bin" / "pytest"), "-q", "-x", "-p", "no:cachepro
 
 # patch name -> pytest selections, each expected to fail with the patch in.
 CATCHERS = {
-    # Only a real outage reaches that code: after CLIENT KILL, redis-py's
-    # PubSub reconnects and resubscribes its own channels by itself.
-    "manual-resubscribes-to-a-dead-channel": [
+    "subscriber-forgets-its-rooms-after-a-break": [
+        ["tests/test_room_channels.py", "-k", "subscribed_again"],
         ["tests/test_failures.py", "-k", "redis_outage and pubsub"]],
     "sequencer-drops-every-fifth": [
         ["tests/test_backplane.py", "-k", "stream_crosses"],

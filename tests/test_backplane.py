@@ -182,6 +182,30 @@ async def test_room_changes_and_disconnect_for_a_sid_on_another_replica(replicas
     await witness.wait_for(lambda: witness.saw("left", "caio"))
 
 
+async def test_emits_to_a_sid_elsewhere_to_everyone_and_close_room(replicas, connect, peer):
+    """Every method the base class routes reaches the replica that holds
+    the sid, in both modes (Node's sharded adapter once lost emits to remote
+    sockets: socket.io-redis-adapter #524)."""
+    here = await connect(replicas[0].url, "ana", room="lobby-x")
+    there = await connect(replicas[2].url, "caio", room="lobby-y")
+
+    await peer.emit("message", {"text": "just for caio"}, to=there.welcome["sid"])
+    await there.wait_for(lambda: "just for caio" in there.texts())
+
+    await peer.emit("message", {"text": "to everyone"})
+    for client in (here, there):
+        await client.wait_for(lambda client=client: "to everyone" in client.texts())
+    assert "just for caio" not in here.texts()
+
+    await peer.enter_room(there.welcome["sid"], "closing")
+    await _until_delivered(peer, there, "closing", "in closing")
+    await peer.close_room("closing")
+    await peer.emit("message", {"text": "after close"}, room="closing")
+    await peer.emit("message", {"text": "barrier"}, to=there.welcome["sid"])
+    await there.wait_for(lambda: "barrier" in there.texts())
+    assert "after close" not in there.texts()
+
+
 async def _until_delivered(peer, client, room, text, timeout=5.0):
     # In socketio mode enter_room travels down the one channel before the
     # emit that follows it, so the first emit finds the client in the room.

@@ -76,6 +76,7 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
         self.subscriber = Subscriber(subscriber_client(url, client_name), channel, metrics,
                                      self._get_logger(), on_confirmed=self._subscribed_to)
         self.subscriber.channel_of = self.keys.room_channel
+        self._own = f"{self.host_id} ".encode()  # how our own frames start
         self._publish_failing = False
         self._to_refresh: set[str] = set()
         self._refresher: asyncio.Task | None = None
@@ -161,13 +162,13 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
                 self._get_logger().exception("backplane: handling a message from %s "
                                              "failed", channel)
 
-    async def _room_frame(self, channel: str, payload) -> None:
+    async def _room_frame(self, channel: str, payload: bytes) -> None:
         room = self.subscriber.wanted.get(channel)
         if room is None:  # nobody here any more (UNSUBSCRIBE on its way)
             return
-        frame = frames.parse(payload)
-        if frame.host == self.host_id:
+        if payload.startswith(self._own):
             return  # written to our own sockets when it was sent
+        frame = frames.parse(payload)
         if frame.seq is not None and self.sequencer is not None:
             await self.sequencer.accept(room, {"seq": frame.seq, "epoch": frame.epoch,
                                                "packet": frame.packet})

@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", action="store_true", help="only print the table from --out")
     parser.add_argument("--idle", type=int, metavar="N",
                         help="only measure the memory cost of N idle connections")
+    parser.add_argument("--one-room", action="store_true",
+                        help="with --idle: every connection in one room (presence grows "
+                             "with it), instead of a room each")
     return parser
 
 
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
         chart(json.loads(args.out.read_text()), args.chart, baseline)
         return 0
     if args.idle:
-        print(json.dumps(idle_cost(args.idle)))
+        print(json.dumps(idle_cost(args.idle, one_room=args.one_room)))
         return 0
     if args.table:
         print(table(json.loads(args.out.read_text())))

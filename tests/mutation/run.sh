@@ -30,7 +30,7 @@ history|cursor)
         -k "newcomer or resume or window or (cut and pubsub and live-only)" ;;
 backplane)
     pytest tests/test_manual_backplane.py
-    replicas tests/test_backplane.py
+    replicas tests/test_backplane.py tests/test_room_channels.py
     replicas tests/test_history.py -k "cut and live-only" ;;
 *)
     echo "usage: $0 protocol|delivery|history|backplane" >&2
