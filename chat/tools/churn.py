@@ -153,12 +153,16 @@ async def churn(cluster: LocalCluster, clients: int, rooms: int) -> dict:
         }
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chat.tools.churn",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--rooms", type=int, default=2000)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.clients * 3)), hard))
     with tempfile.TemporaryDirectory() as state:
