@@ -9,6 +9,7 @@ selector finds, and what environment the chat container gets.
 from __future__ import annotations
 
 import base64
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ def kustomize(path: Path) -> list[dict]:
                             text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {path}: {result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def overlay(name: str) -> list[dict]:
+    """What ``deploy/kubernetes/overlays/NAME`` renders (once per test run)."""
+    return kustomize(KUBE / "overlays" / name)
 
 
 def one(objects: list[dict], kind: str, name: str | None = None) -> dict:

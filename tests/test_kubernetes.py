@@ -23,6 +23,7 @@ import re
 import jsonschema
 import pytest
 from kube import KUBE, OVERLAYS, chat_labels, environment, kustomize, matches, one
+from kube import overlay as rendered
 from kubernetes_validate import utils as kv
 from referencing import Registry, Resource
 
@@ -46,7 +47,7 @@ WITH_COMPONENT = "single+autoscale-on-clients"
 @pytest.fixture(scope="module", params=[*OVERLAYS, WITH_COMPONENT])
 def overlay(request, tmp_path_factory) -> tuple[str, list[dict]]:
     if request.param != WITH_COMPONENT:
-        return request.param, kustomize(KUBE / "overlays" / request.param)
+        return request.param, rendered(request.param)
     folder = tmp_path_factory.mktemp("with-component")
     where = os.path.relpath(KUBE, folder)  # kustomize takes no absolute paths
     (folder / "kustomization.yaml").write_text(
@@ -149,7 +150,7 @@ def test_redis_accepts_only_the_chat_on_the_ports_of_its_url(overlay):
 
 
 def test_the_single_redis_keeps_an_append_only_file_on_a_volume():
-    objects = kustomize(KUBE / "overlays" / "single")
+    objects = rendered("single")
     redis = one(objects, "StatefulSet", "chat-redis")["spec"]
     config = next(o for o in objects if o["kind"] == "ConfigMap"
                   and "redis.conf" in o.get("data", {}))["data"]["redis.conf"]
