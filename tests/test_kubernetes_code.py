@@ -46,7 +46,9 @@ NOT_YET = {"cluster": "does not run on one yet"}
 
 
 def gunicorn_command() -> list[str]:
-    """The server image's CMD (the Dockerfile's last stage)."""
+    """The server image's CMD (the Dockerfile's last stage).  Its exec form
+    (JSON) is required: gunicorn is then PID 1 and gets the kubelet's SIGTERM
+    itself, not a shell that would not pass it on."""
     server = DOCKERFILE.split("AS server", 1)[1]
     return json.loads(re.search(r"^CMD (\[.*\])$", server, re.M).group(1))
 
