@@ -118,7 +118,7 @@ def test_the_service_monitor_is_checked_field_by_field_and_points_at_the_metrics
     for endpoint in spec["endpoints"]:
         assert set(endpoint) <= SERVICE_MONITOR_FIELDS["endpoint"], set(endpoint)
         assert endpoint["port"] in ports
-        assert endpoint["path"] == "/metrics"  # answers: test_paths_..._code
+        assert endpoint["path"] == "/metrics"  # answers 200: test_kubernetes_code.py
         for field in ("interval", "scrapeTimeout"):
             assert PROMETHEUS_DURATION.fullmatch(endpoint[field]), endpoint[field]
 
@@ -165,7 +165,8 @@ def test_the_single_redis_keeps_an_append_only_file_on_a_volume():
     assert mounts["/data"] in {t["metadata"]["name"] for t in redis["volumeClaimTemplates"]}
     url = environment(objects)["REDIS_URL"]
     service = one(objects, "Service", "chat-redis")
-    assert url.startswith(f"redis://{service['metadata']['name']}:6379/")
+    port = service["spec"]["ports"][0]["port"]
+    assert url.startswith(f"redis://{service['metadata']['name']}:{port}/")
 
 
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
