@@ -137,7 +137,8 @@ async def backplane_lifetime(app: web.Application):
     loops = [asyncio.ensure_future(namespace.sequencer.run()),
              asyncio.ensure_future(namespace.presence.run()),
              asyncio.ensure_future(app[REGISTRY].run())]
-    logger.info("replica %s up, backplane %s", settings.server_id, settings.mode)
+    logger.info("replica %s up, backplane %s, identities: %s", settings.server_id,
+                settings.mode, namespace.identities.describe())
     yield
     for task in loops:
         task.cancel()

@@ -5,6 +5,9 @@
 //   `auth`; a refusal comes back as `connect_error` and is shown on the join
 //   form.  The query carries a per-tab `sticky` key (kept in sessionStorage,
 //   so a reload keeps it) that NGINX hashes to pick this tab's replica.
+//   In open mode `auth.key` (kept in localStorage) makes every tab of this
+//   browser under one name one person; a page embedded by a product that
+//   signs identities passes `#token=<JWT>` and the token goes as `auth.token`.
 // * `welcome` says which replica took the connection: the badge shows it, in
 //   a colour derived from its id.  After a replica dies the client reconnects
 //   on its own, lands on another replica, and a new `welcome` updates the badge.
@@ -28,7 +31,9 @@
 "use strict";
 
 (() => {
-  const STORAGE = { name: "chat.name", room: "chat.room", sticky: "chat.sticky" };
+  const STORAGE = {
+    name: "chat.name", room: "chat.room", sticky: "chat.sticky", key: "chat.key",
+  };
   const DEFAULT_ROOM = "general";
   const MAX_NAME_LENGTH = 32;
   const ACK_TIMEOUT_MS = 8000;
@@ -101,15 +106,23 @@
     }
   }
 
-  function stickyKey() {
-    let key = load(sessionStorage, STORAGE.sticky);
+  function randomKey(storage, name, size) {
+    let key = load(storage, name);
     if (!key) {
-      const bytes = crypto.getRandomValues(new Uint8Array(12));
+      const bytes = crypto.getRandomValues(new Uint8Array(size));
       key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-      save(sessionStorage, STORAGE.sticky, key);
+      save(storage, name, key);
     }
     return key;
   }
+
+  function stickyKey() {
+    return randomKey(sessionStorage, STORAGE.sticky, 12);
+  }
+
+  // A signed identity handed to the page in its fragment (never sent to a
+  // server in a URL): #token=<JWT>.
+  const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
 
   // ---- replica colours
 
@@ -148,6 +161,8 @@
       // A function, so each (re)connection sends the current name and room.
       auth: (send) => {
         const auth = { name: chat.name, room: chat.room };
+        if (TOKEN) auth.token = TOKEN;
+        else auth.key = randomKey(localStorage, STORAGE.key, 16);
         if (chat.cursor.epoch) {
           auth.resume = { epoch: chat.cursor.epoch, seq: chat.cursor.seq };
         }
