@@ -79,7 +79,7 @@ async def test_health_and_metrics(shared_clusters, connect):
 
     health = json.loads(get(replica.url + "/healthz")[1])
     assert health == {"status": "ok", "server": "replica-1", "mode": "pubsub",
-                      "clients": 1, "backplane": "ok"}
+                      "clients": 1, "backplane": "ok", "auth": "open"}
     status, body = get(replica.url + "/readyz")
     assert status == 200 and json.loads(body)["ready"] is True
 
