@@ -2,7 +2,8 @@
 
 ``create_app`` reads like a table of contents: settings, metrics, the
 backplane manager, the Socket.IO server, the room history and presence, the
-chat namespace, HTTP routes, and the lifetime of the background work.
+chat namespace, the HTTP API, HTTP routes, and the lifetime of the
+background work.
 gunicorn's aiohttp worker (through :func:`gunicorn_app`), ``python -m chat``
 and the tests all build the app here and nowhere else.
 """
@@ -15,6 +16,8 @@ import logging
 from aiohttp import web
 
 from . import jsonio
+from .api import Api, api_errors, setup_api
+from .api_answers import MemoryAnswers, RedisAnswers
 from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS, SIO
 from .backplane import create_manager
 from .events import ChatNamespace
@@ -71,7 +74,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
                         server_id=settings.server_id, ttl=settings.presence_ttl,
                         status=status, logger=logger)
 
-    app = web.Application(middlewares=[track_connections])
+    answers = (RedisAnswers(store, RedisKeys(settings.redis_channel)) if store is not None
+               else MemoryAnswers())
+    api = Api(settings, namespace, answers, logger.getChild("api"))
+
+    app = web.Application(middlewares=[track_connections, api_errors])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGER] = manager
@@ -82,6 +89,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[CONNECTIONS] = set()
     sio.attach(app)
     setup_routes(app)
+    setup_api(app, api)
     app.on_startup.append(lambda app: _quiet_accepts(logger))
     app.cleanup_ctx.append(backplane_lifetime)
     app.on_shutdown.append(drain)
