@@ -16,9 +16,20 @@ import logging
 from aiohttp import web
 
 from . import jsonio
+from .admin import setup_admin
 from .api import Api, api_errors, setup_api
 from .api_answers import MemoryAnswers, RedisAnswers
-from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS, SIO
+from .appkeys import (
+    CONNECTIONS,
+    LOGGER,
+    MANAGER,
+    METRICS,
+    NAMESPACE,
+    REGISTRY,
+    ROSTER,
+    SETTINGS,
+    SIO,
+)
 from .backplane import create_manager
 from .events import ChatNamespace
 from .history import MemoryHistory, RedisHistory
@@ -64,6 +75,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     namespace = ChatNamespace(settings, metrics, logger, history=history,
                               sequencer=sequencer, presence=presence)
     sio.register_namespace(namespace)
+    roster = setup_admin(sio, namespace, settings, redis=store, logger=logger,
+                         key=RedisKeys(settings.redis_channel).admin_watching)
 
     async def status() -> dict:
         ready, reason = await manager.ready()
@@ -86,6 +99,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[NAMESPACE] = namespace
     app[REGISTRY] = registry
     app[LOGGER] = logger
+    app[ROSTER] = roster
     app[CONNECTIONS] = set()
     sio.attach(app)
     setup_routes(app)
@@ -145,6 +159,9 @@ async def backplane_lifetime(app: web.Application):
     loops = [asyncio.ensure_future(namespace.sequencer.run()),
              asyncio.ensure_future(namespace.presence.run()),
              asyncio.ensure_future(app[REGISTRY].run())]
+    roster = app[ROSTER]
+    if roster is not None:
+        loops.append(asyncio.ensure_future(roster.run()))
     logger.info("replica %s up, backplane %s, identities: %s", settings.server_id,
                 settings.mode, namespace.identities.describe())
     yield
@@ -157,6 +174,7 @@ async def backplane_lifetime(app: web.Application):
     steps = (("presence", namespace.presence.close()),  # the drained clients' departures
              ("replica registry", app[REGISTRY].close()),
              ("sequencer", namespace.sequencer.close()),
+             ("admin UI", roster.close() if roster else asyncio.sleep(0)),
              ("Engine.IO", sio.shutdown()),
              ("backplane", app[MANAGER].close()),
              ("history", namespace.history.close()),

@@ -14,6 +14,7 @@ default), so two chats can share one Redis without meeting.  For a room R::
     C:room:R:counts      hash     person -> its connections in the room
     C:room:R:names       hash     name's fold -> person holding it (open mode)
     C:rooms              zset     room -> expiry (ms): rooms with people in them
+    C:admin:watching     string   an Admin UI is connected somewhere (admin.py), 60 s
     C:api:idem:K         string   the HTTP API's first answer to Idempotency-Key K
                                   (K: a hash of the API key and the header), 24 h
     C:replicas           hash     server id -> its health (replicas.py)
@@ -66,6 +67,10 @@ class RedisKeys:
     @property
     def rooms(self) -> str:
         return f"{self.prefix}:rooms"
+
+    @property
+    def admin_watching(self) -> str:
+        return f"{self.prefix}:admin:watching"
 
     def api_answer(self, key: str) -> str:
         return f"{self.prefix}:api:idem:{key}"
