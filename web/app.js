@@ -84,7 +84,7 @@
     // Where this tab stands in the room's numbered history.
     cursor: { epoch: null, seq: 0, waiting: new Map(), repairing: false },
     people: new Map(), // presence id -> name, everyone in the room (or the first few hundred)
-    peopleTotal: 0, // connections in the room, as the server last counted them
+    peopleTotal: 0, // people in the room (user ids, not tabs), as the server last counted them
     peopleAsked: 0, // when the whole list was last asked for
   };
 
@@ -334,7 +334,7 @@
 
   // ---- presence
 
-  // `total` is the room's count of connections; the server lists at most a
+  // `total` is the room's count of people; the server lists at most a
   // few hundred of them, so a big room's list is partial.
   function setPeople(list, total) {
     chat.people.clear();
