@@ -1,15 +1,17 @@
 # syntax=docker/dockerfile:1
 #
 # Three stages, one file:
-#   bundle  the official socket.io-client browser bundle, from the npm
-#           registry, pinned by package-lock.json;
+#   bundle  the official socket.io-client browser bundle and the Socket.IO
+#           Admin UI, from the npm registry, pinned by package-lock.json;
 #   web     NGINX with the page and deploy/nginx.conf (compose's "nginx");
 #   server  one chat replica under gunicorn (the default target).
 
 FROM node:20-slim AS bundle
 WORKDIR /build
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN npm ci --no-audit --no-fund \
+ && cp -r node_modules/@socket.io/admin-ui/ui/dist admin \
+ && sed -i -E 's#<link [^>]*(fonts\.googleapis\.com|cdn\.jsdelivr\.net)[^>]*>##g' admin/index.html
 
 
 FROM nginx:1.27-alpine AS web
@@ -31,6 +33,8 @@ COPY deploy/nginx.conf /etc/nginx/templates/nginx.conf.template
 COPY web/ /usr/share/nginx/html/
 COPY --from=bundle /build/node_modules/socket.io-client/dist/socket.io.min.js \
      /usr/share/nginx/html/vendor/socket.io.min.js
+# The Socket.IO Admin UI at /admin/ (chat/admin.py).
+COPY --from=bundle /build/admin /usr/share/nginx/html/admin
 EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=2s --start-period=5s --retries=3 \
     CMD wget -q -O /dev/null http://127.0.0.1:8080/nginx-health || exit 1

@@ -23,6 +23,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUNDLE := web/vendor/socket.io.min.js
+# The Socket.IO Admin UI (npm @socket.io/admin-ui, pinned), served by NGINX at
+# /admin/; its links to web fonts and icons are dropped so it needs no internet.
+ADMIN_UI := web/admin/index.html
+NODE_STAMP := node_modules/.package-lock.json
 DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
 COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
 CLUSTER := $(BIN)/chat-cluster
@@ -30,7 +34,7 @@ CLUSTER := $(BIN)/chat-cluster
 .PHONY: install run up down scale ps logs monitor test test-fast lint screenshot bench bench-chart chaos clean \
 	mutation mutation-patches
 
-install: $(STAMP) $(BUNDLE)
+install: $(STAMP) $(BUNDLE) $(ADMIN_UI)
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or newer"; exit 1; }
@@ -40,11 +44,19 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-$(BUNDLE): package.json package-lock.json
+$(NODE_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm (Debian/Ubuntu: apt-get install npm)"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(BUNDLE): $(NODE_STAMP)
 	mkdir -p web/vendor
 	cp node_modules/socket.io-client/dist/socket.io.min.js $@
+
+$(ADMIN_UI): $(NODE_STAMP)
+	rm -rf web/admin
+	cp -r node_modules/@socket.io/admin-ui/ui/dist web/admin
+	sed -i -E 's#<link [^>]*(fonts\.googleapis\.com|cdn\.jsdelivr\.net)[^>]*>##g' $@
 
 # One replica in the foreground, in-memory (set REDIS_URL to use Redis).
 run: install
@@ -149,4 +161,4 @@ chaos: install
 	$(BIN)/python -m chat.tools.chaos $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules bench/node/node_modules web/vendor .run test-artifacts .pytest_cache
+	rm -rf $(VENV) node_modules bench/node/node_modules web/vendor web/admin .run test-artifacts .pytest_cache

@@ -2,7 +2,8 @@
 
 ``create_app`` reads like a table of contents: settings, metrics, the
 backplane manager, the Socket.IO server, the room history and presence, the
-chat namespace, HTTP routes, and the lifetime of the background work.
+chat namespace, the HTTP API, HTTP routes, and the lifetime of the
+background work.
 gunicorn's aiohttp worker (through :func:`gunicorn_app`), ``python -m chat``
 and the tests all build the app here and nowhere else.
 """
@@ -15,7 +16,20 @@ import logging
 from aiohttp import web
 
 from . import jsonio
-from .appkeys import CONNECTIONS, LOGGER, MANAGER, METRICS, NAMESPACE, REGISTRY, SETTINGS, SIO
+from .admin import setup_admin
+from .api import Api, api_errors, setup_api
+from .api_answers import MemoryAnswers, RedisAnswers
+from .appkeys import (
+    CONNECTIONS,
+    LOGGER,
+    MANAGER,
+    METRICS,
+    NAMESPACE,
+    REGISTRY,
+    ROSTER,
+    SETTINGS,
+    SIO,
+)
 from .backplane import create_manager
 from .events import ChatNamespace
 from .history import MemoryHistory, RedisHistory
@@ -62,6 +76,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     namespace = ChatNamespace(settings, metrics, logger, history=history,
                               sequencer=sequencer, presence=presence)
     sio.register_namespace(namespace)
+    roster = setup_admin(sio, namespace, settings, redis=store, logger=logger,
+                         key=RedisKeys(settings.redis_channel).admin_watching)
 
     async def status() -> dict:
         ready, reason = await manager.ready()
@@ -72,7 +88,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
                         server_id=settings.server_id, ttl=settings.presence_ttl,
                         status=status, logger=logger)
 
-    app = web.Application(middlewares=[track_connections])
+    answers = (RedisAnswers(store, RedisKeys(settings.redis_channel)) if store is not None
+               else MemoryAnswers())
+    api = Api(settings, namespace, answers, logger.getChild("api"))
+
+    app = web.Application(middlewares=[track_connections, api_errors])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGER] = manager
@@ -80,9 +100,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[NAMESPACE] = namespace
     app[REGISTRY] = registry
     app[LOGGER] = logger
+    app[ROSTER] = roster
     app[CONNECTIONS] = set()
     sio.attach(app)
     setup_routes(app)
+    setup_api(app, api)
     app.on_startup.append(lambda app: _quiet_accepts(logger))
     app.cleanup_ctx.append(backplane_lifetime)
     app.on_shutdown.append(drain)
@@ -138,7 +160,11 @@ async def backplane_lifetime(app: web.Application):
     loops = [asyncio.ensure_future(namespace.sequencer.run()),
              asyncio.ensure_future(namespace.presence.run()),
              asyncio.ensure_future(app[REGISTRY].run())]
-    logger.info("replica %s up, backplane %s", settings.server_id, settings.mode)
+    roster = app[ROSTER]
+    if roster is not None:
+        loops.append(asyncio.ensure_future(roster.run()))
+    logger.info("replica %s up, backplane %s, identities: %s", settings.server_id,
+                settings.mode, namespace.identities.describe())
     yield
     for task in loops:
         task.cancel()
@@ -149,6 +175,7 @@ async def backplane_lifetime(app: web.Application):
     steps = (("presence", namespace.presence.close()),  # the drained clients' departures
              ("replica registry", app[REGISTRY].close()),
              ("sequencer", namespace.sequencer.close()),
+             ("admin UI", roster.close() if roster else asyncio.sleep(0)),
              ("Engine.IO", sio.shutdown()),
              ("backplane", app[MANAGER].close()),
              ("history", namespace.history.close()),

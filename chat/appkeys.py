@@ -21,4 +21,5 @@ SIO = web.AppKey("sio", ChatServer)
 NAMESPACE = web.AppKey("namespace", ChatNamespace)
 REGISTRY = web.AppKey("registry", Registry)
 LOGGER = web.AppKey("logger", logging.Logger)
+ROSTER = web.AppKey("roster", object)  # admin.Roster, or None without ADMIN_PASSWORD
 CONNECTIONS = web.AppKey("connections", set[asyncio.Transport])  # live Socket.IO requests

@@ -6,9 +6,12 @@ this process or crosses Redis to the other replicas.
 
 Events (namespace ``/``; README.md has the full table):
 
-* connect with ``auth={"name", "room", "resume"?}``; refused with a reason
-  otherwise, also when the room is reserved or over the room limits
-  (``rooms.py``).
+* connect with ``auth={"name", "room", "resume"?, "key"?}`` in open mode, or
+  ``auth={"token", "room", "resume"?}`` with signed identities (``auth.py``
+  says who is connecting); refused with a reason otherwise, also when the
+  room is reserved, over the room limits (``rooms.py``), not allowed by the
+  token, or (open mode) when someone live in it has a name that looks the
+  same (``names.py``, ``presence.py``).
 * server -> client ``welcome``: the room's recent history (or, with
   ``resume``, exactly what the client missed, or a ``gap`` saying why not),
   who is in the room, and the client's replica.  Sent again after a ``join``.
@@ -44,12 +47,13 @@ import time
 
 import socketio
 
+from .auth import Identities, Identity
 from .backplane import BackplaneUnavailable
 from .delivery import Sequencer
 from .history import HistoryRefused, HistoryUnavailable, HistoryUncertain, resume_gap
 from .logs import Throttle
 from .metrics import Metrics
-from .presence import Presence
+from .presence import NameTaken, Presence
 from .protocol import (
     ProtocolError,
     TokenBucket,
@@ -57,7 +61,7 @@ from .protocol import (
     clean_text,
     history_after,
     message_id,
-    parse_auth,
+    parse_place,
     parse_resume,
     room_of,
     typing_flag,
@@ -84,16 +88,19 @@ def refusal(error: str, **extra) -> dict:
 class Client:
     name: str
     room: str
-    pid: str  # presence id: names this connection to other users, unlike the sid
+    pid: str  # this connection's presence id: random, unlike the sid never shown
     address: str  # who to count its new rooms against (rooms.py)
+    identity: Identity  # the person: user id, name, allowed rooms
     messages: TokenBucket
     typing: TokenBucket
 
 
 class ChatNamespace(socketio.AsyncNamespace):
     def __init__(self, settings: Settings, metrics: Metrics, logger: logging.Logger, *,
-                 history, sequencer: Sequencer, presence: Presence):
+                 history, sequencer: Sequencer, presence: Presence,
+                 identities: Identities | None = None):
         super().__init__("/")
+        self.identities = identities or Identities.from_settings(settings)
         self.settings = settings
         self.metrics = metrics
         self.log = logger
@@ -146,27 +153,35 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid, environ, auth=None):
         address = _address(environ)
         try:
-            name, room, resume = parse_auth(auth)
+            room, resume = parse_place(auth)
+            identity = self.identities.identify(auth)
+            identity.may_enter(room)
             self.rooms.admit(address, room)
         except ProtocolError as exc:
-            self.log.info("refused %s from %s: %s", sid, address, exc)
-            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+            self._refuse(sid, address, exc)
+        name = identity.name
         s = self.settings
         client = Client(
             name=name, room=room, pid=secrets.token_hex(6), address=address,
-            messages=TokenBucket(s.message_rate, s.message_burst),
+            identity=identity, messages=TokenBucket(s.message_rate, s.message_burst),
             typing=TokenBucket(5.0, 10),
         )
         try:
             await self._enter(sid, client, room, resume)
+        except NameTaken as exc:
+            self._refuse(sid, address, exc)
         except BaseException:
             await self.presence.leave(client.pid)
             raise
         # Registered last: if anything above failed, nothing is left behind.
         self.clients[sid] = client
         self.metrics.connected.inc()
-        self.log.info("connect %s name=%r room=%r from %s%s", sid, name, room,
-                      address, " (resuming)" if resume else "")
+        self.log.info("connect %s name=%r user=%s room=%r from %s%s", sid, name,
+                      identity.user, room, address, " (resuming)" if resume else "")
+
+    def _refuse(self, sid, address, exc: Exception):
+        self.log.info("refused %s from %s: %s", sid, address, exc)
+        raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
 
     async def _enter(self, sid, client: Client, room: str, resume) -> dict:
         """Put ``client`` in ``room`` and send it the room's welcome.
@@ -176,8 +191,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         comes before any live message of the room and the history it
         carries reaches up to where live messages take over.
         """
-        await self.presence.enter(room, client.pid, client.name)
-        people, online = await self.presence.members(room)
+        who = client.identity
+        await self.presence.enter(room, client.pid, who.user, who.name, who.fold)
+        people, online, connections = await self.presence.members(room)
         async with self.sequencer.entering(room) as start:
             state = await self._room_state(room, resume)
             start(state["epoch"], state["seq"])
@@ -186,8 +202,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             s = self.settings
             welcome = {
                 "server": s.server_id, "mode": s.mode, "sid": sid, "name": client.name,
-                "id": client.pid, "room": room, "max_message_length": s.max_message_length,
+                "id": who.user, "room": room, "max_message_length": s.max_message_length,
                 **state, "presence": people, "presence_count": online,
+                "presence_connections": connections,
             }
             # The client is on this replica: no need to cross the backplane.
             await self.emit("welcome", welcome, to=sid, ignore_queue=True)
@@ -295,6 +312,7 @@ class ChatNamespace(socketio.AsyncNamespace):
                 raise ProtocolError(TOO_MANY)
             room = room_of(payload)
             resume = parse_resume(payload.get("resume")) if isinstance(payload, dict) else None
+            client.identity.may_enter(room)
             if room != client.room:
                 self.rooms.admit(client.address, room)
         except ProtocolError as exc:
@@ -306,13 +324,15 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self.presence.leave(client.pid)
         try:
             state = await self._enter(sid, client, room, resume)
-        except Exception:
+        except Exception as exc:
             # Back where it was, so that the refusal below is the whole truth.
-            self.log.exception("join %s %r -> %r failed", sid, old, room)
+            if not isinstance(exc, NameTaken):
+                self.log.exception("join %s %r -> %r failed", sid, old, room)
             await self.leave_room(sid, room)
             await self.presence.leave(client.pid)
             await self._enter(sid, client, old, None)
-            return refusal(f"could not join {room!r}: you are still in {old!r}")
+            why = f"{exc}" if isinstance(exc, NameTaken) else f"could not join {room!r}"
+            return refusal(f"{why}: you are still in {old!r}")
         self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
         return {"ok": True, "room": room, **state}
 
@@ -343,8 +363,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         client = self.clients[sid]
         if not client.messages.take():
             return refusal(TOO_MANY)
-        people, online = await self.presence.members(client.room)
-        return {"ok": True, "room": client.room, "presence": people, "count": online}
+        people, online, connections = await self.presence.members(client.room)
+        return {"ok": True, "room": client.room, "presence": people, "count": online,
+                "connections": connections}
 
     async def on_typing(self, sid, payload):
         client = self.clients[sid]

@@ -1,5 +1,11 @@
 """Logging to stdout, one line per event, each naming the replica.
 
+``LOG_FORMAT=text`` (the default) writes readable lines; ``LOG_FORMAT=json``
+one JSON object per line (:class:`JsonFormatter`: ``ts``, ``level``,
+``server``, ``logger``, ``message``, and ``exc`` with the traceback), for log
+pipelines.  gunicorn's own lines get the same format (``deploy/gunicorn.conf.py``
+configures its logger with :class:`JsonFormatter`).
+
 What one client causes is bounded here too: :class:`ClientLog` lets a few
 lines per client through per minute and then one summary, so a flood from
 one address writes a handful of lines while another client's line still
@@ -9,18 +15,47 @@ accept" report at the file-descriptor limit into one line per interval.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 import sys
 import time
 
+from . import jsonio
 from .settings import Settings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def __init__(self, server_id: str):
+        super().__init__()
+        self.server_id = server_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname,
+            "server": self.server_id,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return jsonio.dumps(line)
+
+
+def formatter(settings: Settings) -> logging.Formatter:
+    if settings.log_format == "json":
+        return JsonFormatter(settings.server_id)
+    return logging.Formatter(
+        f"%(asctime)s %(levelname)s [{settings.server_id}] %(name)s: %(message)s")
 
 
 def setup_logging(settings: Settings) -> logging.Logger:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s %(levelname)s [{settings.server_id}] %(name)s: %(message)s"))
+    handler.setFormatter(formatter(settings))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

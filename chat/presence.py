@@ -1,43 +1,46 @@
 """Presence: who is online in each room, across every replica.
 
-Each connection in a room is an entry ``[id, name]`` in the room's Redis
-sorted set ``C:room:{R}:presence``, scored by the time (ms) it expires.  The
-replica holding the connection refreshes the expiry of all its entries every
-``PRESENCE_TTL / 3`` seconds, so entries of a replica that crashed stop
-being refreshed and expire.  ``id`` is a random tag per connection, not the
-Socket.IO sid: one person with two tabs is two entries with one name.  The
-set itself goes when its last entry does, or 3 x ``PRESENCE_TTL`` after the
-last refresh; the same refresh keeps the room's history meta hash alive while
-the room has members (``history.py``: an empty room's keys expire soon).
-``occupancy`` counts this replica's members per room, for the room limits
-(``rooms.py``).
+A person is a user id (``auth.py``: the token's ``sub``, or in open mode a
+hash of the client's key) and a name; two tabs of one user are one person
+with two connections, and both are counted.  Each connection in a room is an
+entry in Redis scored by the time (ms) it expires, beside the person's own
+entry and a count of the person's connections (``presence_store.py`` has
+the keys and the scripts).  The replica holding the connection refreshes
+the expiry of all its entries every ``PRESENCE_TTL / 3`` seconds, so
+entries of a replica that crashed stop being refreshed and expire.  The
+room's keys go when their last entry does, or 3 x ``PRESENCE_TTL`` after the
+last refresh; the same refresh keeps the room's history meta hash alive
+while the room has members (``history.py``: an empty room's keys expire
+soon).  ``occupancy`` counts this replica's connections per room, for the
+room limits (``rooms.py``).
 
-Who tells the room that someone left:
+In open mode a connection's name is also claimed, by its fold
+(``names.py``): a connection whose name looks like that of another person
+live in the room is refused (:class:`NameTaken`).
 
-* a clean disconnect or a room change: the replica holding the connection
-  removes its entry at once;
-* a crash: every replica, every refresh period, removes the expired entries
-  of the rooms it has members in, in one Lua script, so each expired entry
-  is removed (and announced) by exactly one replica.
+Who tells the room that someone arrived or left: the replica whose script
+call added the person's first connection, or removed its last one (a clean
+disconnect or a room change); after a crash, every replica, every refresh
+period, retires the expired entries of the rooms it has members in, in one
+script, so each is retired (and announced) by exactly one replica.
 
-A refresh writes a snapshot of this replica's entries; whoever leaves while
-that write is on its way would be written back (and announced as leaving a
-second time when the entry expires), so after each room's write the refresh
-removes again the entries of members who are no longer there.
+A refresh writes a snapshot of this replica's entries; a connection that
+leaves while that write is on its way would be written back, so after each
+room's write the refresh removes again the connections that are no longer
+there (removing is idempotent, and announces nothing the second time).
 
 Changes go to the room as ``presence`` events, ``{room, joined, left,
-count}``, where ``joined`` and ``left`` are lists of ``{id, name}``, to be
-applied in that order.  A replica sends the first change after a quiet
-spell at once, then gathers the changes of the next ``BATCH`` seconds into
-one event per room: when a thousand clients reconnect at once, the room gets
-a few events listing many people instead of a thousand events each sent to
-a thousand members.  ``count`` is the number of live entries when the event was sent;
-a client whose list has another size asks for the whole list again
+count, connections}``, where ``joined`` and ``left`` are lists of people
+``{id, name}``, to be applied in that order, ``count`` the people and
+``connections`` the connections live when the event was sent.  A replica
+sends the first change after a quiet spell at once, then gathers the changes
+of the next ``BATCH`` seconds into one event per room: when a thousand
+clients reconnect at once, the room gets a few events listing many people
+instead of a thousand events each sent to a thousand members.  A client
+whose list has another size than ``count`` asks for the whole list again
 (``presence`` request), which also repairs a list that missed an event
-while the backplane was down.  Lists are capped at ``LIST_MAX`` entries,
+while the backplane was down.  Lists are capped at ``LIST_MAX`` people,
 with the room's full count beside them.
-
-``MemoryStore`` keeps the same entries in-process for the single node.
 """
 
 from __future__ import annotations
@@ -50,94 +53,20 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
-from . import jsonio
-from .history import EMPTY_EXPIRY_MS, as_text
-from .redis_keys import RedisKeys
+from .presence_store import ARRIVED, REFUSED, MemoryStore, RedisStore, Seat, entry, person
+from .protocol import ProtocolError
+
+__all__ = ["MemoryStore", "NameTaken", "Presence", "RedisStore"]
 
 BATCH = 0.25  # seconds of changes per room gathered into one presence event
 # The most entries a welcome or a presence answer lists.  Every member of a
 # room gets the list when it (re)connects: with 5,000 members a full list
 # each would be 5,000 x 5,000 entries after a mass reconnection.
 LIST_MAX = 200
-EXPIRE = """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) end
-return gone
-"""
 
 
-class MemoryStore:
-    def __init__(self):
-        self.rooms: dict[str, dict[str, float]] = {}
-
-    async def add(self, room: str, entries: list[str], expires: float) -> None:
-        members = self.rooms.setdefault(room, {})
-        for entry in entries:
-            members[entry] = expires
-
-    async def remove(self, room: str, entry: str) -> None:
-        members = self.rooms.get(room, {})
-        members.pop(entry, None)
-        if not members:
-            self.rooms.pop(room, None)
-
-    async def live(self, room: str, now: float, limit: int) -> tuple[list[str], int]:
-        alive = [e for e, expires in self.rooms.get(room, {}).items() if expires > now]
-        return alive[:limit], len(alive)
-
-    async def expire(self, room: str, now: float) -> list[str]:
-        members = self.rooms.get(room, {})
-        gone = [e for e, expires in members.items() if expires <= now]
-        for entry in gone:
-            del members[entry]
-        return gone
-
-class RedisStore:
-    def __init__(self, client, *, keys: RedisKeys, ttl: float):
-        self.redis = client
-        self.keys = keys
-        self.key_ttl_ms = int(ttl * 3000)  # a room nobody refreshes goes away
-        # While a room has members, its meta hash (history.py) lives on even
-        # if nobody ever writes in it.
-        self.meta_ttl_ms = max(EMPTY_EXPIRY_MS, self.key_ttl_ms)
-        self._expire = client.register_script(EXPIRE)
-
-    def _key(self, room: str) -> str:
-        return self.keys.room_presence(room)
-
-    async def add(self, room: str, entries: list[str], expires: float) -> None:
-        key = self._key(room)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {entry: expires * 1000 for entry in entries})
-            pipe.pexpire(key, self.key_ttl_ms)
-            pipe.pexpire(self.keys.room_meta(room), self.meta_ttl_ms, gt=True)
-            await pipe.execute()
-
-    async def remove(self, room: str, entry: str) -> None:
-        await self.redis.zrem(self._key(room), entry)
-
-    async def live(self, room: str, now: float, limit: int) -> tuple[list[str], int]:
-        key, since = self._key(room), f"({now * 1000}"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if limit:
-                pipe.zrangebyscore(key, since, "+inf", start=0, num=limit)
-            pipe.zcount(key, since, "+inf")
-            *entries, count = await pipe.execute()
-        return [as_text(e) for e in (entries[0] if entries else [])], int(count)
-
-    async def expire(self, room: str, now: float) -> list[str]:
-        return [as_text(e) for e in await self._expire(keys=[self._key(room)],
-                                                     args=[now * 1000])]
-
-
-
-def entry(pid: str, name: str) -> str:
-    return jsonio.dumps([pid, name])
-
-
-def person(raw: str) -> dict:
-    pid, name = jsonio.loads_own(raw)
-    return {"id": pid, "name": name}
+class NameTaken(ProtocolError):
+    """Open mode: someone live in the room has a name that looks the same."""
 
 
 class Presence:
@@ -150,7 +79,7 @@ class Presence:
         self.ttl = ttl
         self.emit = emit  # emit(room, event): to the room on every replica
         self.log = logger
-        self.local: dict[str, tuple[str, str]] = {}  # id -> (room, name), ours
+        self.local: dict[str, tuple[str, Seat]] = {}  # connection -> (room, seat), ours
         self.occupancy: collections.Counter[str] = collections.Counter()  # room -> ours
         self._changes: dict[str, tuple[dict, dict]] = {}  # room -> (joined, left)
         self._flusher: asyncio.Task | None = None
@@ -158,41 +87,71 @@ class Presence:
         self._failing = False
 
     # -- changes made by this replica's clients ------------------------------
-    async def enter(self, room: str, pid: str, name: str) -> None:
-        self._forget(pid)
-        self.local[pid] = (room, name)
+    async def enter(self, room: str, conn: str, user: str, name: str,
+                    fold: str | None = None) -> None:
+        """Seat connection ``conn`` of person ``user`` in ``room``; with
+        ``fold`` (open mode), refuse it with :class:`NameTaken` when another
+        live person's name there looks the same."""
+        self._forget(conn)
+        seat = Seat(conn, entry(user, name), fold or "")
+        now = time.time()
+        try:
+            status, holder = await self.store.add(room, seat, now + self.ttl, now,
+                                                  claim=bool(fold))
+        except (OSError, RedisError) as exc:
+            # Redis down must not stop a connect: the next refresh writes
+            # the entry (names cannot be compared meanwhile).
+            self.log.debug("presence: %s", exc)
+            status = ARRIVED
+        if status == REFUSED:
+            raise NameTaken(f"name {name!r} is taken in {room!r}: "
+                            f"{person(holder)['name']!r} is there and looks the same")
+        self.local[conn] = (room, seat)
         self.occupancy[room] += 1
-        await self._quietly(self.store.add(room, [entry(pid, name)], time.time() + self.ttl))
-        self._changed(room, joined={pid: name})
+        if status == ARRIVED:
+            self._changed(room, joined={user: name})
 
-    async def leave(self, pid: str) -> None:
-        room, name = self._forget(pid)
+    async def leave(self, conn: str) -> None:
+        room, seat = self._forget(conn)
         if room is None:
             return
-        await self._quietly(self.store.remove(room, entry(pid, name)))
-        self._changed(room, left={pid: name})
+        try:
+            left = await self.store.remove(room, seat)
+        except (OSError, RedisError) as exc:
+            self.log.debug("presence: %s", exc)
+            left = True  # a wrong guess is repaired by the clients' count check
+        if left:
+            who = person(seat.person)
+            self._changed(room, left={who["id"]: who["name"]})
 
-    def _forget(self, pid: str) -> tuple[str | None, str | None]:
-        room, name = self.local.pop(pid, (None, None))
+    def _forget(self, conn: str) -> tuple[str | None, Seat | None]:
+        room, seat = self.local.pop(conn, (None, None))
         if room is not None:
             self.occupancy[room] -= 1
             if self.occupancy[room] <= 0:
                 del self.occupancy[room]
-        return room, name
+        return room, seat
 
-    async def members(self, room: str) -> tuple[list[dict], int]:
-        """Who is in ``room`` on any replica, at most ``LIST_MAX`` of them,
-        and how many there are (this replica's own members only, if Redis
-        does not answer)."""
+    async def members(self, room: str, strict: bool = False) -> tuple[list[dict], int, int]:
+        """Who is in ``room`` on any replica (at most ``LIST_MAX`` people),
+        how many people, and how many connections.  If Redis does not answer:
+        this replica's own members only, or with ``strict`` the error."""
         try:
-            raw, count = await self.store.live(room, time.time(), LIST_MAX)
+            raw, count, connections = await self.store.live(room, time.time(), LIST_MAX)
             people = [person(e) for e in raw]
         except (OSError, RedisError):
-            people = [{"id": pid, "name": name}
-                      for pid, (r, name) in self.local.items() if r == room]
-            count = len(people)
+            if strict:
+                raise
+            seats = [seat for r, seat in self.local.values() if r == room]
+            people = [person(e) for e in dict.fromkeys(seat.person for seat in seats)]
+            count, connections = len(people), len(seats)
             people = people[:LIST_MAX]
-        return sorted(people, key=lambda p: (p["name"], p["id"])), count
+        return sorted(people, key=lambda p: (p["name"], p["id"])), count, connections
+
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        """Rooms with people in them on any replica, and how many (raises
+        when Redis does not answer)."""
+        return await self.store.rooms(time.time(), limit)
 
     # -- batching -------------------------------------------------------------
     def _changed(self, room: str, joined: dict | None = None, left: dict | None = None):
@@ -233,14 +192,15 @@ class Presence:
         now = time.time()
         for where, (joined, left) in changes.items():
             try:
-                _, count = await self.store.live(where, now, 0)
+                _, count, connections = await self.store.live(where, now, 0)
             except (OSError, RedisError):
-                count = None
+                count = connections = None
             event = {
                 "room": where,
                 "joined": [{"id": p, "name": n} for p, n in joined.items()],
                 "left": [{"id": p, "name": n} for p, n in left.items()],
                 "count": count,
+                "connections": connections,
             }
             try:
                 await self.emit(where, event)
@@ -251,17 +211,17 @@ class Presence:
     async def refresh(self) -> None:
         """Extend our entries' lives, and retire everyone else's dead ones."""
         now = time.time()
-        rooms: dict[str, dict[str, str]] = {}
-        for pid, (room, name) in list(self.local.items()):
-            rooms.setdefault(room, {})[pid] = entry(pid, name)
-        for room, entries in rooms.items():
-            await self.store.add(room, list(entries.values()), now + self.ttl)
+        rooms: dict[str, list[Seat]] = {}
+        for room, seat in list(self.local.values()):
+            rooms.setdefault(room, []).append(seat)
+        for room, seats in rooms.items():
+            await self.store.add_many(room, seats, now + self.ttl, now)
             # Whoever left (or moved) since the snapshot was just written
             # back by that add, which may even have reached Redis after the
             # departure's removal: remove them again, now that the add is done.
-            for pid, stale in entries.items():
-                if self.local.get(pid, (None,))[0] != room:
-                    await self.store.remove(room, stale)
+            for seat in seats:
+                if self.local.get(seat.conn) != (room, seat):
+                    await self.store.remove(room, seat)
             gone = [person(e) for e in await self.store.expire(room, now)]
             if gone:
                 self.log.info("presence: %d expired in %r (a replica stopped refreshing)",
@@ -282,14 +242,6 @@ class Presence:
             if self._failing:
                 self.log.info("presence: refreshing again")
                 self._failing = False
-
-    async def _quietly(self, operation) -> None:
-        """Redis being down must not stop a connect or a disconnect: the next
-        refresh writes our entries again."""
-        try:
-            await operation
-        except (OSError, RedisError) as exc:
-            self.log.debug("presence: %s", exc)
 
     async def close(self) -> None:
         if self._flusher is not None:

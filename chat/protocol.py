@@ -62,10 +62,16 @@ def clean_room(value) -> str:
 
 def parse_auth(auth) -> tuple[str, str, tuple[str, int] | None]:
     """Return ``(name, room, resume)`` from a connection's auth payload."""
+    room, resume = parse_place(auth)
+    return clean_name(auth.get("name")), room, resume
+
+
+def parse_place(auth) -> tuple[str, tuple[str, int] | None]:
+    """Return ``(room, resume)`` from a connection's auth payload (who is
+    connecting is ``auth.py``'s business)."""
     if not isinstance(auth, dict):
         raise ProtocolError('connect with auth {"name": ..., "room": ...}')
-    return (clean_name(auth.get("name")), clean_room(auth.get("room")),
-            parse_resume(auth.get("resume")))
+    return clean_room(auth.get("room")), parse_resume(auth.get("resume"))
 
 
 def parse_resume(value) -> tuple[str, int] | None:

@@ -13,7 +13,14 @@ default), so two chats can share one Redis without meeting.  For a room R::
     C:room:{R}:log       stream   the room's messages, <seq>-0 -> {m: JSON}
     C:room:{R}:ids       zset     message id -> number, for the messages the
                                   log holds: a retried id is stored once
-    C:room:{R}:presence  zset     [id, name] -> expiry (ms) (presence.py)
+    C:room:{R}:presence  zset     person [id, name] -> expiry (ms) (presence_store.py)
+    C:room:{R}:connections zset     "<connection>\n<person>" -> expiry (ms)
+    C:room:{R}:counts      hash     person -> its connections in the room
+    C:room:{R}:names       hash     name's fold -> person holding it (open mode)
+    C:rooms              zset     room -> expiry (ms): rooms with people in them
+    C:admin:watching     string   an Admin UI is connected somewhere (admin.py), 60 s
+    C:api:idem:K         string   the HTTP API's first answer to Idempotency-Key K
+                                  (K: a hash of the API key and the header), 24 h
     C:replicas           hash     server id -> its health (replicas.py)
 
 ``{R}`` is a Redis Cluster *hash tag*: a room's keys and its channel hash to
@@ -58,3 +65,23 @@ class RedisKeys:
 
     def room_presence(self, room: str) -> str:
         return self._room(room, "presence")
+
+    def room_connections(self, room: str) -> str:
+        return self._room(room, "connections")
+
+    def room_counts(self, room: str) -> str:
+        return self._room(room, "counts")
+
+    def room_names(self, room: str) -> str:
+        return self._room(room, "names")
+
+    @property
+    def rooms(self) -> str:
+        return f"{self.prefix}:rooms"
+
+    @property
+    def admin_watching(self) -> str:
+        return f"{self.prefix}:admin:watching"
+
+    def api_answer(self, key: str) -> str:
+        return f"{self.prefix}:api:idem:{key}"

@@ -24,6 +24,9 @@ async def healthz(request: web.Request) -> web.Response:
         "mode": settings.mode,
         "clients": len(request.app[NAMESPACE].clients),
         "backplane": "ok" if ready else reason,
+        # "open": anyone connects under any free name; else the algorithm
+        # tokens must be signed with (chat/auth.py).
+        "auth": request.app[NAMESPACE].identities.algorithm or "open",
     })
 
 

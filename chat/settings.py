@@ -86,7 +86,26 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     log_level: str = "INFO"
+    # "text": one readable line per event; "json": one JSON object per line,
+    # for log pipelines (chat/logs.py).
+    log_format: str = "text"
     web_dir: Path = DEFAULT_WEB_DIR
+    # Signed identities (chat/auth.py).  One of the two, or neither (open
+    # mode: anyone connects under any name not held by someone else).
+    auth_jwt_secret: str | None = None  # HS256 secret
+    auth_jwt_public_key: str | None = None  # PEM text (the file AUTH_JWT_PUBLIC_KEY names)
+    # The HTTP API (chat/api.py): bearer keys, and each key's requests per
+    # second and burst, on each replica.
+    api_keys: tuple[str, ...] = ()
+    api_rate: float = 20.0
+    api_burst: int = 40
+    # The Socket.IO Admin UI (chat/admin.py): off while unset.
+    admin_password: str | None = None
+
+    @property
+    def open_mode(self) -> bool:
+        """No signed identities: connections name themselves."""
+        return not (self.auth_jwt_secret or self.auth_jwt_public_key)
 
     @property
     def mode(self) -> str:
@@ -243,6 +262,60 @@ def _server_id(env: Mapping[str, str]) -> str:
     return raw
 
 
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
+MIN_API_KEY = 16
+MIN_ADMIN_PASSWORD = 12
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise SettingsError(f"{name}={env[name]!r} is not valid: expected one of "
+                            + ", ".join(choices))
+    return raw
+
+
+def _secret(env: Mapping[str, str], name: str, minimum: int) -> str | None:
+    raw = env.get(name, "")
+    if not raw:
+        return None
+    if len(raw.encode()) < minimum or raw != raw.strip():
+        # The value itself is not printed: it is a secret.
+        raise SettingsError(f"{name} is not valid: expected at least {minimum} bytes "
+                            "without surrounding spaces")
+    return raw
+
+
+def _public_key(env: Mapping[str, str]) -> str | None:
+    raw = env.get("AUTH_JWT_PUBLIC_KEY", "").strip()
+    if not raw:
+        return None
+    accepted = "a PEM file holding an RSA (RS256) or P-256 EC (ES256) public key"
+    try:
+        pem = Path(raw).read_text()
+    except (OSError, UnicodeDecodeError):
+        raise SettingsError(f"AUTH_JWT_PUBLIC_KEY={raw!r} is not valid: expected {accepted} "
+                            "(it cannot be read)") from None
+    from .auth import BadKey, key_algorithm  # cryptography only when a key is set
+
+    try:
+        key_algorithm(pem)
+    except BadKey as exc:
+        raise SettingsError(f"AUTH_JWT_PUBLIC_KEY={raw!r} is not valid: expected {accepted} "
+                            f"({exc})") from None
+    return pem
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("API_KEYS", "")
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if any(len(k) < MIN_API_KEY or not k.isascii() or not k.isprintable() or " " in k
+           for k in keys):
+        raise SettingsError(f"API_KEYS is not valid: expected comma-separated keys of at least "
+                            f"{MIN_API_KEY} printable ASCII characters without spaces")
+    return keys
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -274,9 +347,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ping_interval=_number(env, "PING_INTERVAL", d.ping_interval, kind=float, minimum=1),
         ping_timeout=_number(env, "PING_TIMEOUT", d.ping_timeout, kind=float, minimum=1),
         log_level=_log_level(env),
+        log_format=_choice(env, "LOG_FORMAT", d.log_format, ("text", "json")),
         web_dir=_web_dir(env),
+        auth_jwt_secret=_secret(env, "AUTH_JWT_SECRET", MIN_SECRET_BYTES),
+        auth_jwt_public_key=_public_key(env),
+        api_keys=_api_keys(env),
+        api_rate=_number(env, "API_RATE", d.api_rate, kind=float, minimum=0.1),
+        api_burst=_number(env, "API_BURST", d.api_burst, minimum=1),
+        admin_password=_secret(env, "ADMIN_PASSWORD", MIN_ADMIN_PASSWORD),
     )
     _topology_fits_mode(settings)
+    if settings.auth_jwt_secret and settings.auth_jwt_public_key:
+        raise SettingsError("AUTH_JWT_SECRET and AUTH_JWT_PUBLIC_KEY are both set: expected "
+                            "one of them (HS256 with a shared secret, or RS256/ES256 with a "
+                            "public key)")
     if settings.port > 65535:
         raise SettingsError(f"PORT={settings.port} is not valid: expected 1 to 65535")
     if settings.max_message_length * 4 + 256 > settings.max_frame_bytes:

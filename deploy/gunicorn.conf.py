@@ -40,3 +40,33 @@ def on_starting(server):
     except SettingsError as exc:
         print(f"chat: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _log_config() -> dict:
+    """LOG_FORMAT=json: gunicorn's own lines as JSON too, from its first one.
+
+    A bad setting is left to on_starting, which names it."""
+    from chat.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return {}
+    if settings.log_format != "json":
+        return {}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "chat.logs.JsonFormatter",
+                                "server_id": settings.server_id}},
+        # gunicorn merges this over its defaults key by key: "console" and
+        # "root" replace its own.
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
+                                 "stream": "ext://sys.stderr"}},
+        "root": {"level": "INFO", "handlers": ["console"]},
+        "loggers": {"gunicorn.error": {"handlers": ["console"], "level": "INFO",
+                                       "propagate": False}},
+    }
+
+
+logconfig_dict = _log_config()

@@ -113,6 +113,7 @@ class ChatClient:
 
     def __init__(self, name: str, reconnect: bool = False):
         self.name = name
+        self.key = secrets.token_hex(16)
         # Reconnecting clients use the page's and chat-client's settings.
         self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.5,
                                         reconnection_delay_max=2, randomization_factor=0.2)
@@ -149,7 +150,8 @@ class ChatClient:
     async def connect(self, url: str, room: str | None = None, transports=("websocket",),
                       auth: dict | None = None, sticky: str | None = None):
         if auth is None:
-            auth = {"name": self.name}
+            # The same person across this client's reconnections (open mode).
+            auth = {"name": self.name, "key": self.key}
             if room is not None:
                 auth["room"] = room
         key = sticky or secrets.token_hex(8)

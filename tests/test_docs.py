@@ -178,3 +178,20 @@ def test_every_setting_is_in_the_readmes_configuration_table():
     missing = sorted(f.name.upper() for f in dataclasses.fields(Settings)
                      if f.name.upper() not in named)
     assert not missing, f"settings the README's configuration table does not name: {missing}"
+
+
+def test_the_openapi_file_is_valid_and_matches_the_routes():
+    from openapi_spec_validator import validate
+    from ruamel.yaml import YAML
+
+    from chat.app import create_app
+    from chat.settings import Settings
+
+    spec = YAML(typ="safe").load((ROOT / "docs" / "openapi.yaml").read_text())
+    validate(spec)
+    app = create_app(Settings(server_id="docs"))
+    served = {(r.method, r.resource.canonical) for r in app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/api/rooms")}
+    described = {(method.upper(), path) for path, item in spec["paths"].items()
+                 for method in item if method != "parameters"}
+    assert described == served - {("HEAD", p) for _, p in served}

@@ -109,7 +109,8 @@ async def test_a_refresh_never_brings_back_someone_who_left(shared_clusters, con
     # this one, which widens the time between its snapshot and its write.
     for replica in replicas:
         for i in range(8):
-            await connect(replica.url, f"calm{i}", room=f"{room}-calm{i}")
+            # One name per person: open mode refuses a second "calm0" in a room.
+            await connect(replica.url, f"calm{i}-{replica.server_id}", room=f"{room}-calm{i}")
     witness = await connect(replicas[0].url, "witness", room=room)
     admin = redis.Redis.from_url(cluster.redis_url)
     seen_after_leaving: set[str] = set()

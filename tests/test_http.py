@@ -79,7 +79,7 @@ async def test_health_and_metrics(shared_clusters, connect):
 
     health = json.loads(get(replica.url + "/healthz")[1])
     assert health == {"status": "ok", "server": "replica-1", "mode": "pubsub",
-                      "clients": 1, "backplane": "ok"}
+                      "clients": 1, "backplane": "ok", "auth": "open"}
     status, body = get(replica.url + "/readyz")
     assert status == 200 and json.loads(body)["ready"] is True
 
@@ -108,3 +108,21 @@ def test_readyz_follows_redis(cluster_factory, mode):
     assert get(cluster.replicas[0].url + "/healthz")[0] == 200  # alive, not ready
     cluster.start_redis()
     wait_status(ready, 200, 15)
+
+
+def test_log_format_json_writes_one_object_per_line(cluster_factory, tmp_path):
+    """LOG_FORMAT=json: every line a replica writes, gunicorn's own included,
+    is one JSON object naming the replica; the start-up line says open mode."""
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False,
+                              env={"LOG_FORMAT": "json"})
+    replica = cluster.replicas[0]
+    assert get(replica.url + "/healthz")[0] == 200
+    stop_pid(replica.pid)
+    lines = (cluster.logs / "replica-1.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) >= 4 and {r["server"] for r in records} == {"replica-1"}
+    assert all(set(r) >= {"ts", "level", "logger", "message"} for r in records)
+    messages = [r["message"] for r in records]
+    assert any(m.startswith("Starting gunicorn") for m in messages)
+    assert any("identities: open (no AUTH_JWT_SECRET" in m for m in messages), messages
+    assert any(m == "replica replica-1 stopped" for m in messages)

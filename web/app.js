@@ -5,6 +5,9 @@
 //   `auth`; a refusal comes back as `connect_error` and is shown on the join
 //   form.  The query carries a per-tab `sticky` key (kept in sessionStorage,
 //   so a reload keeps it) that NGINX hashes to pick this tab's replica.
+//   In open mode `auth.key` (kept in localStorage) makes every tab of this
+//   browser under one name one person; a page embedded by a product that
+//   signs identities passes `#token=<JWT>` and the token goes as `auth.token`.
 // * `welcome` says which replica took the connection: the badge shows it, in
 //   a colour derived from its id.  After a replica dies the client reconnects
 //   on its own, lands on another replica, and a new `welcome` updates the badge.
@@ -28,7 +31,9 @@
 "use strict";
 
 (() => {
-  const STORAGE = { name: "chat.name", room: "chat.room", sticky: "chat.sticky" };
+  const STORAGE = {
+    name: "chat.name", room: "chat.room", sticky: "chat.sticky", key: "chat.key",
+  };
   const DEFAULT_ROOM = "general";
   const MAX_NAME_LENGTH = 32;
   const ACK_TIMEOUT_MS = 8000;
@@ -79,7 +84,7 @@
     // Where this tab stands in the room's numbered history.
     cursor: { epoch: null, seq: 0, waiting: new Map(), repairing: false },
     people: new Map(), // presence id -> name, everyone in the room (or the first few hundred)
-    peopleTotal: 0, // connections in the room, as the server last counted them
+    peopleTotal: 0, // people in the room (user ids, not tabs), as the server last counted them
     peopleAsked: 0, // when the whole list was last asked for
   };
 
@@ -101,15 +106,23 @@
     }
   }
 
-  function stickyKey() {
-    let key = load(sessionStorage, STORAGE.sticky);
+  function randomKey(storage, name, size) {
+    let key = load(storage, name);
     if (!key) {
-      const bytes = crypto.getRandomValues(new Uint8Array(12));
+      const bytes = crypto.getRandomValues(new Uint8Array(size));
       key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-      save(sessionStorage, STORAGE.sticky, key);
+      save(storage, name, key);
     }
     return key;
   }
+
+  function stickyKey() {
+    return randomKey(sessionStorage, STORAGE.sticky, 12);
+  }
+
+  // A signed identity handed to the page in its fragment (never sent to a
+  // server in a URL): #token=<JWT>.
+  const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
 
   // ---- replica colours
 
@@ -148,6 +161,8 @@
       // A function, so each (re)connection sends the current name and room.
       auth: (send) => {
         const auth = { name: chat.name, room: chat.room };
+        if (TOKEN) auth.token = TOKEN;
+        else auth.key = randomKey(localStorage, STORAGE.key, 16);
         if (chat.cursor.epoch) {
           auth.resume = { epoch: chat.cursor.epoch, seq: chat.cursor.seq };
         }
@@ -319,7 +334,7 @@
 
   // ---- presence
 
-  // `total` is the room's count of connections; the server lists at most a
+  // `total` is the room's count of people; the server lists at most a
   // few hundred of them, so a big room's list is partial.
   function setPeople(list, total) {
     chat.people.clear();

@@ -139,6 +139,10 @@ class Session:
         self.transports = list(transports)
         self.hint = hint
         self.key = secrets.token_hex(8)
+        # Open mode: who this session is, the same across its reconnections
+        # (chat/auth.py); with signed identities, the token ($CHAT_TOKEN).
+        self.person_key = secrets.token_hex(16)
+        self.token = os.environ.get("CHAT_TOKEN") or None
         self.server: str | None = None
         self.refusal: str | None = None
         self.closing = False
@@ -173,7 +177,9 @@ class Session:
         """Some messages of the room cannot be shown (``reason`` says why)."""
 
     def _auth(self) -> dict:
-        auth = {"name": self.name, "room": self.room}
+        auth = {"name": self.name, "room": self.room, "key": self.person_key}
+        if self.token:
+            auth["token"] = self.token
         if (resume := self.cursor.resume()) is not None:
             auth["resume"] = resume
         return auth

@@ -69,9 +69,11 @@ def websocket_url(url: str, key: str) -> str:
             f"EIO=4&transport=websocket&sticky={key}")
 
 
-def connect_frame(name: str, room: str) -> str:
-    """The Socket.IO connect packet carrying the chat's auth."""
-    return "40" + json.dumps({"name": name, "room": room}, separators=(",", ":"))
+def connect_frame(name: str, room: str, key: str | None = None) -> str:
+    """The Socket.IO connect packet carrying the chat's auth (``key``: open
+    mode's person, the same across a session's reconnections)."""
+    auth = {"name": name, "room": room, **({"key": key} if key else {})}
+    return "40" + json.dumps(auth, separators=(",", ":"))
 
 
 def pong_frame(data: str = "") -> str:
@@ -129,6 +131,7 @@ class LeanSession:
         self.room = room
         self.http = http
         self.key = secrets.token_hex(8)
+        self.person_key = secrets.token_hex(16)
         self.server: str | None = None
         self.closing = False
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -182,7 +185,7 @@ class LeanSession:
                 if kind == PING:
                     await self._send(pong_frame(data))
                 elif kind == OPEN:
-                    await self._send(connect_frame(self.name, self.room))
+                    await self._send(connect_frame(self.name, self.room, self.person_key))
                 elif kind == WELCOME:
                     self.server = str(data.get("server", "?"))
                     self.room = data.get("room", self.room)
