@@ -3,10 +3,10 @@ in this process.
 
 Per room R (``redis_keys.py``)::
 
-    C:room:R:presence     zset  person [user, name] -> expiry (ms): the people
-    C:room:R:connections  zset  "<connection id>\\n<person>" -> expiry (ms)
-    C:room:R:counts       hash  person -> how many of its connections are in R
-    C:room:R:names        hash  fold -> person holding that name (open mode)
+    C:room:{R}:presence     zset  person [user, name] -> expiry (ms): the people
+    C:room:{R}:connections  zset  "<connection id>\\n<person>" -> expiry (ms)
+    C:room:{R}:counts       hash  person -> how many of its connections are in R
+    C:room:{R}:names        hash  fold -> person holding that name (open mode)
     C:rooms               zset  room -> expiry (ms): rooms with anyone in them
 
 A person is in a room while one of its connections is: two tabs of one user
