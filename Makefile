@@ -9,6 +9,9 @@ N ?= 3
 MODE ?= socketio
 PORT ?= 8080
 REDIS_URL ?=
+# The Redis make up starts: single (one server with AOF), sentinel (a master,
+# a replica, 3 sentinels) or cluster (3 masters + 3 replicas).
+REDIS ?= single
 PYTHON ?= python3
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
@@ -24,7 +27,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUNDLE := web/vendor/socket.io.min.js
 DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
-COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
+COMPOSE_URL_single := redis://redis:6379/0
+COMPOSE_URL_sentinel := redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/0/chat
+COMPOSE_URL_cluster := redis+cluster://redis-node-1:6379,redis-node-2:6379,redis-node-3:6379
+COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) \
+	CHAT_REDIS_URL=$(or $(REDIS_URL),$(COMPOSE_URL_$(REDIS))) docker compose --profile $(REDIS)
 CLUSTER := $(BIN)/chat-cluster
 
 .PHONY: install run up down scale ps logs monitor test test-fast lint screenshot bench bench-chart chaos clean \
@@ -69,7 +76,7 @@ monitor:
 	$(COMPOSE) exec redis redis-cli monitor
 else
 up: install
-	$(CLUSTER) up --replicas $(N) --mode $(MODE) --port $(PORT) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
+	$(CLUSTER) up --replicas $(N) --mode $(MODE) --port $(PORT) --redis $(REDIS) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down; else echo "chat is down"; fi
 scale: install

@@ -184,7 +184,8 @@ def create_stores(settings: Settings):
         return None, MemoryHistory(settings.history_length), MemoryStore()
     client = store_client(settings)
     keys = RedisKeys(settings.redis_channel)
-    return (client, RedisHistory(client, keys=keys, length=settings.history_length),
+    return (client, RedisHistory(client, keys=keys, length=settings.history_length,
+                                 wait_replicas=settings.wait_replicas),
             RedisStore(client, keys=keys, ttl=settings.presence_ttl))
 
 
