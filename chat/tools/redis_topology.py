@@ -10,6 +10,10 @@ fixtures start one of three topologies through :func:`create`:
 ``cluster``   six nodes in cluster mode, made into three masters with one
               replica each by ``redis-cli --cluster create``
 
+Every data node keeps an AOF in a folder of its own (``redis-sentinel/``,
+``redis-cluster/`` in the state folder): a replica writes its copy of the
+master there, and a redis-server loads what its folder holds when it starts.
+
 Each node is a :class:`~chat.tools.processes.RedisProcess`, stopped by PID
 like everything else ``chat-cluster`` starts.  A topology writes what it
 started into the cluster's state file (:meth:`RedisTopology.state`) and is
@@ -20,6 +24,7 @@ asks each node for its role (``ROLE``) as it runs, since a failover swaps them.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +39,10 @@ SERVICE = "chat"  # the master's name the sentinels know
 DOWN_AFTER_MS = 1000  # a master silent this long is down (sentinel's default: 30 s)
 NODE_TIMEOUT_MS = 2000  # a cluster node silent this long fails over (default 15 s)
 CLUSTER_PORTS = (20000, 21999)  # a node's bus port is port + 10000: below 32768
+# A master waits 5 s by default before sending a new replica its copy (to
+# serve several at once); here a replica back from a failover must count for
+# WAIT at once.
+SYNC_AT_ONCE = ("--repl-diskless-sync-delay", "0")
 
 
 class RedisTopology:
@@ -85,9 +94,18 @@ class RedisTopology:
         self.nodes[name].pid = None
 
     def restart(self, name: str) -> None:
-        """Start a stopped node again, with its options (a sentinel makes an
-        old master a replica of the new one)."""
-        self.nodes[name].start()
+        """Start a stopped node again.  In a Sentinel group it starts as the
+        current master's replica, as an orchestrator would start it: started
+        as a master, it would wait up to ten seconds for the sentinels to
+        demote it (and WAIT would find no replica meanwhile)."""
+        node = self.nodes[name]
+        master = self.master() if self.kind == "sentinel" else None
+        if master is not None and master != name:
+            args = [a for a in node.args]
+            if "--replicaof" in args:
+                del args[args.index("--replicaof"):args.index("--replicaof") + 3]
+            node.args = (*args, "--replicaof", "127.0.0.1", str(self.nodes[master].port))
+        node.start()
 
     def master(self) -> str | None:
         """The name of the node the sentinels call master now (Sentinel only)."""
@@ -160,9 +178,14 @@ def create(kind: str, state_dir: Path, logs: Path) -> RedisTopology:
                                     for i, port in enumerate(free_ports(6, cluster=True))},
                              state_dir)
     master, replica, *sentinels = free_ports(5)
-    nodes = {"redis-1": RedisProcess(port=master, log=logs / "redis-1.log"),
+    # Each its own folder: a replica writes the master's copy there (dump.rdb),
+    # and a redis-server loads whatever dump.rdb its folder holds at start.
+    data = state_dir / "redis-sentinel"
+    nodes = {"redis-1": RedisProcess(port=master, log=logs / "redis-1.log",
+                                     data_dir=data / "redis-1", args=SYNC_AT_ONCE),
              "redis-2": RedisProcess(port=replica, log=logs / "redis-2.log",
-                                     args=("--replicaof", "127.0.0.1", str(master)))}
+                                     data_dir=data / "redis-2",
+                                     args=(*SYNC_AT_ONCE, "--replicaof", "127.0.0.1", str(master)))}
     for i, port in enumerate(sentinels, 1):
         nodes[f"sentinel-{i}"] = _sentinel(port, master, state_dir, logs, i)
     return RedisTopology(kind, nodes, state_dir)
@@ -181,12 +204,11 @@ def load(state: dict, state_dir: Path, logs: Path) -> RedisTopology:
 
 
 def _cluster_node(port: int, state_dir: Path, logs: Path, i: int) -> RedisProcess:
-    folder = state_dir / "redis-cluster"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"nodes-{port}.conf").unlink(missing_ok=True)  # a fresh cluster every time
-    return RedisProcess(port=port, log=logs / f"redis-{i + 1}.log", args=(
-        "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-        "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(folder)))
+    folder = state_dir / "redis-cluster" / f"redis-{i + 1}"
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh cluster every time
+    return RedisProcess(port=port, log=logs / f"redis-{i + 1}.log", data_dir=folder, args=(
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--cluster-node-timeout", str(NODE_TIMEOUT_MS), *SYNC_AT_ONCE))
 
 
 def _sentinel(port: int, master: int, state_dir: Path, logs: Path, i: int) -> RedisProcess:
