@@ -11,7 +11,9 @@ spread over all three.  Real redis-server processes (``redis_sentinel``,
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import signal
 import time
 
 import pytest
@@ -22,6 +24,8 @@ from chat.presence import RedisStore, entry
 from chat.redis_clients import redis_client
 from chat.redis_keys import RedisKeys, hash_tag
 from chat.replicas import Registry
+from chat.tools.cluster import LocalCluster
+from chat.tools.processes import ClusterError, free_port
 
 KEYS = RedisKeys("chat:messages")
 ODD_ROOMS = ["general", "}x", "{a}b", "a}b", "a%7Db", "%", "{}", "ünï cödé", "x" * 32]
@@ -114,3 +118,30 @@ async def test_an_append_no_replica_confirmed_is_stored_and_says_so(redis_factor
         assert (await history.tail("r", 10)).last == 1
     finally:
         await client.aclose()
+
+
+@pytest.mark.slow
+async def test_history_survives_a_redis_crash_with_aof(cluster_factory, connect):
+    """make up's single Redis keeps an append-only file: SIGKILLed (no
+    shutdown save) more than a second after the messages, it comes back
+    with the room's history, epoch and numbering."""
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False)
+    url = cluster.replicas[0].url
+    ana = await connect(url, "ana", room="kept")
+    acks = [await ana.send(f"m{i}") for i in range(5)]
+    assert all(a["ok"] for a in acks)
+    await asyncio.sleep(1.5)  # appendfsync everysec
+    cluster.redis.stop(signal.SIGKILL)
+    cluster.start_redis()
+    bia = await connect(url, "bia", room="kept")
+    assert [m["text"] for m in bia.welcome["history"]] == [f"m{i}" for i in range(5)]
+    assert bia.welcome["epoch"] == ana.welcome["epoch"]
+    assert (await bia.send("after"))["seq"] == 6
+
+
+def test_chat_cluster_starts_a_redis_cluster_and_refuses_pubsub_on_it_for_now(tmp_path):
+    cluster = LocalCluster(tmp_path / "run")
+    with pytest.raises(ClusterError) as info:
+        cluster.up(replicas=1, mode="pubsub", port=free_port(), proxy=False, redis="cluster")
+    assert "does not run on one yet" in str(info.value)  # the replica's one line
+    assert not cluster.running()  # the six nodes stopped with the refused replica

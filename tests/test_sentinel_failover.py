@@ -30,6 +30,11 @@ from chat.tools.processes import alive
 pytestmark = pytest.mark.slow
 
 
+def roles(cluster) -> dict[str, str]:
+    return {name: role for name, _, _, role in cluster.status()
+            if name.startswith(("redis", "sentinel"))}
+
+
 async def readiness(url: str, http: aiohttp.ClientSession) -> bool:
     try:
         async with http.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
@@ -72,6 +77,8 @@ async def test_a_sentinel_failover_loses_no_acked_message(cluster_factory, conne
         tasks = [asyncio.ensure_future(send()), asyncio.ensure_future(watch(http))]
         await asyncio.sleep(1.0)
         old = redis.master()
+        assert roles(cluster) == {"redis-1": "master", "redis-2": "replica",
+                                  **{f"sentinel-{i}": "sentinel" for i in (1, 2, 3)}}
         killed_at = time.monotonic()
         redis.kill(old)
         while redis.master() in (old, None):
@@ -95,6 +102,8 @@ async def test_a_sentinel_failover_loses_no_acked_message(cluster_factory, conne
     print(f"\n{mode}: promoted after {promoted:.2f} s, first ok ack after {first_ok:.2f} s, "
           f"ready again after {', '.join(f'{k} {v:.2f} s' for k, v in back.items())}; "
           f"{len(ok)} acked ok, refused {len(refused)}: {sorted(set(refused))}")
+    # make ps (chat-cluster ps) shows the roles as they are now: swapped.
+    assert roles(cluster)["redis-1"] == "replica" and roles(cluster)["redis-2"] == "master"
     for replica in cluster.replicas:
         assert alive(replica.pid), f"{replica.server_id} died"
         assert not_ready[replica.server_id], f"{replica.server_id} never said not ready"
