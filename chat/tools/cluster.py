@@ -19,7 +19,8 @@ Layout of the state folder (``.run/`` by default, git-ignored)::
     cluster.json          what runs: ports, PIDs, mode
     logs/redis.log        logs/replica-N.log        logs/nginx.log
     nginx/nginx.conf      deploy/nginx.conf rendered for the replica ports
-    redis-data/           the single Redis's append-only file (kept by down)
+    redis-data/           the single Redis's append-only file
+    redis-sentinel/, sentinel/, redis-cluster/   the other topologies' files
 """
 
 from __future__ import annotations
@@ -226,8 +227,11 @@ class LocalCluster(NginxFront):
             self.state_file.unlink()
 
     def forget(self) -> None:
-        """Remove what ``up`` wrote under the state folder (logs included)."""
-        for folder in (self.logs, self.state_dir / "nginx"):
+        """Remove what ``up`` wrote under the state folder (logs and Redis's
+        files included: the AOF keeps history across Redis restarts, and
+        ``make down`` means starting afresh)."""
+        redis_files = redis_topology.folders(self.state_dir)
+        for folder in (self.logs, self.state_dir / "nginx", *redis_files):
             shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()  # only if nothing else is in it

@@ -191,6 +191,12 @@ def create(kind: str, state_dir: Path, logs: Path) -> RedisTopology:
     return RedisTopology(kind, nodes, state_dir)
 
 
+def folders(state_dir: Path) -> list[Path]:
+    """Where the topologies keep their files under ``state_dir``."""
+    return [state_dir / name for name in ("redis-data", "redis-sentinel", "sentinel",
+                                          "redis-cluster")]
+
+
 def load(state: dict, state_dir: Path, logs: Path) -> RedisTopology:
     """The topology a state file recorded (PIDs already checked by the caller)."""
     nodes = {}
