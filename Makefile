@@ -9,6 +9,9 @@ N ?= 3
 MODE ?= socketio
 PORT ?= 8080
 REDIS_URL ?=
+# The Redis make up starts: single (one server with AOF), sentinel (a master,
+# a replica, 3 sentinels) or cluster (3 masters + 3 replicas).
+REDIS ?= single
 PYTHON ?= python3
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
@@ -28,7 +31,13 @@ BUNDLE := web/vendor/socket.io.min.js
 ADMIN_UI := web/admin/index.html
 NODE_STAMP := node_modules/.package-lock.json
 DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo yes || echo no)
-COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) docker compose
+COMPOSE_URL_single := redis://redis:6379/0
+COMPOSE_URL_sentinel := redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/0/chat
+COMPOSE_URL_cluster := redis+cluster://redis-node-1:6379,redis-node-2:6379,redis-node-3:6379
+COMPOSE := REDIS_MODE=$(MODE) REPLICAS=$(N) CHAT_PORT=$(PORT) \
+	CHAT_REDIS_URL=$(or $(REDIS_URL),$(COMPOSE_URL_$(REDIS))) docker compose --profile $(REDIS)
+# down, ps and logs see every profile, whichever REDIS the cluster was started with.
+COMPOSE_ALL := $(COMPOSE) --profile single --profile sentinel --profile cluster
 CLUSTER := $(BIN)/chat-cluster
 
 .PHONY: install run up down scale ps logs monitor test test-fast lint screenshot bench bench-chart chaos clean \
@@ -68,20 +77,24 @@ up:
 	@echo "chat is up at http://localhost:$(PORT)/ ($(N) replicas, mode $(MODE))"
 	@$(COMPOSE) ps
 down:
-	$(COMPOSE) down --remove-orphans
+	$(COMPOSE_ALL) down --remove-orphans
 scale:
 	$(COMPOSE) up -d --wait --no-recreate --scale server=$(N)
 	$(COMPOSE) exec nginx nginx -s reload
 	@$(COMPOSE) ps
 ps:
-	$(COMPOSE) ps
+	$(COMPOSE_ALL) ps
+	@for s in $$($(COMPOSE_ALL) ps --services --status running | grep -E '^(redis|sentinel)'); do \
+	  case $$s in sentinel*) p=26379;; *) p=6379;; esac; \
+	  echo "  $$s: $$($(COMPOSE_ALL) exec -T $$s redis-cli -p $$p role | head -n 1)"; \
+	done
 logs:
-	$(COMPOSE) logs -f $(R)
+	$(COMPOSE_ALL) logs -f $(R)
 monitor:
 	$(COMPOSE) exec redis redis-cli monitor
 else
 up: install
-	$(CLUSTER) up --replicas $(N) --mode $(MODE) --port $(PORT) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
+	$(CLUSTER) up --replicas $(N) --mode $(MODE) --port $(PORT) --redis $(REDIS) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down; else echo "chat is down"; fi
 scale: install

@@ -214,7 +214,7 @@ def create_stores(settings: Settings, relay_host: str | None = None):
     client = store_client(settings)
     keys = RedisKeys(settings.redis_channel)
     history = RedisHistory(client, keys=keys, length=settings.history_length,
-                           relay_host=relay_host)
+                           relay_host=relay_host, wait_replicas=settings.wait_replicas)
     return (client, history,
             RedisStore(client, keys=keys, ttl=settings.presence_ttl))
 

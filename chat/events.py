@@ -50,7 +50,13 @@ import socketio
 from .auth import Identities, Identity
 from .backplane import BackplaneUnavailable
 from .delivery import Sequencer
-from .history import HistoryRefused, HistoryUnavailable, HistoryUncertain, resume_gap
+from .history import (
+    HistoryNotReplicated,
+    HistoryRefused,
+    HistoryUnavailable,
+    HistoryUncertain,
+    resume_gap,
+)
 from .logs import Throttle
 from .metrics import Metrics
 from .presence import NameTaken, Presence
@@ -74,6 +80,8 @@ LOCAL_ONLY = "backplane unavailable: delivered only to users on this server"
 NOT_SENT = "not sent: the chat's storage (Redis) does not answer; try again"
 UNKNOWN = ("unknown: the chat's storage (Redis) did not answer in time, so the message "
            "may or may not be stored; sending it again with the same id is safe")
+NOT_REPLICATED = ("unknown: {}, so a Redis failover now could lose it; sending it again "
+                  "with the same id is safe")
 TOO_MANY = "rate limit: too many requests, slow down"
 NO_HISTORY = "history unavailable: the chat's storage (Redis) does not answer"
 TOO_MUCH_MISSED = "you missed more than one answer carries (HISTORY_MAX_BYTES)"
@@ -290,7 +298,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             # finds it there instead of storing it twice.
             self.metrics.history_failures.inc()
             self.storage_log.warning("history: no answer storing a message: %s", exc)
-            return refusal(UNKNOWN, id=message["id"], unknown=True)
+            # Not relayed: the catch-up reads it from the history if it stays.
+            text = NOT_REPLICATED.format(exc) if isinstance(exc, HistoryNotReplicated) else UNKNOWN
+            return refusal(text, id=message["id"], unknown=True)
         if message.pop("duplicate", False):
             # A retry of a message stored before: answer as the first time;
             # it was relayed then, or the replicas' catch-up reads it.

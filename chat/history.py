@@ -42,7 +42,14 @@ How an append can fail, and what the sender can be told:
 * :class:`HistoryUnavailable`: no connection could be made, so no command
   was sent (the client that stores makes no second attempt on its own, see
   ``create_stores`` in ``app.py``);
-* :class:`HistoryUncertain`: the command was sent and no answer came back.
+* :class:`HistoryUncertain`: the command was sent and no answer came back;
+* :class:`HistoryNotReplicated`: stored on the master, but fewer than
+  ``REDIS_WAIT_REPLICAS`` of its replicas confirmed a copy within
+  ``WAIT_TIMEOUT_MS``: a failover now could lose it.
+
+With ``REDIS_WAIT_REPLICAS`` above 0 the append and a ``WAIT`` go to Redis
+in one pipeline, on one connection (on a Cluster, to the room's master), so
+confirming the copy costs no extra round trip, only the replica's delay.
 
 Readers (the welcome, a resume, a replica filling a gap) get messages with
 ``seq`` and ``epoch`` added back.  ``MemoryHistory`` keeps the same promises
@@ -57,13 +64,19 @@ import secrets
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import jsonio
 from .redis_keys import RedisKeys
 
 IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
 EMPTY_EXPIRY_MS = 10 * 60 * 1000  # a room without a message: 10 minutes after its last use
+# How long an append waits for its copies on Redis replicas: well inside the
+# store client's 1 s socket timeout, so a slow replica is told apart from a
+# silent master.
+WAIT_TIMEOUT_MS = 500
 
 # KEYS: meta, log, ids.  ARGV: a new epoch, length, message JSON, expiry
 # (ms), message id, then the room's channel ('' for none), the sender's
@@ -108,6 +121,10 @@ class HistoryRefused(HistoryUnavailable):
 
 class HistoryUncertain(RuntimeError):
     """The append was sent and no answer came: it may or may not be stored."""
+
+
+class HistoryNotReplicated(HistoryUncertain):
+    """Stored on the master, not confirmed on enough of its replicas."""
 
 
 @dataclasses.dataclass
@@ -189,16 +206,21 @@ class MemoryHistory:
 class RedisHistory:
     """History in Redis, shared by every replica (both Redis modes)."""
 
-    def __init__(self, client: aioredis.Redis, *, keys: RedisKeys, length: int,
-                 relay_host: str | None = None, publish: str = "PUBLISH"):
+    def __init__(self, client: aioredis.Redis | RedisCluster, *, keys: RedisKeys, length: int,
+                 relay_host: str | None = None, publish: str = "PUBLISH",
+                 wait_replicas: int = 0):
         self.redis = client
         self.keys = keys
         self.length = length
+        self.wait_replicas = wait_replicas  # REDIS_WAIT_REPLICAS
         # pubsub mode: the append script also publishes each new message on
         # its room's channel, tagged with this replica's host id, so the
-        # manager needs neither to publish it nor to hear it back.
+        # manager needs neither to publish it nor to hear it back.  Not when
+        # the ack waits for Redis replicas (WAIT): a message is relayed only
+        # once it is known to survive a failover, so the manager publishes it
+        # after the WAIT (a second command).
         self.relay_host = relay_host
-        self.relays = relay_host is not None
+        self.relays = relay_host is not None and not wait_replicas
         self.publish = publish
         self._append = client.register_script(APPEND)
 
@@ -210,23 +232,56 @@ class RedisHistory:
         ``duplicate: True`` when its id was stored before (nothing stored)."""
         meta, log = self._keys(room)
         ids = self.keys.room_ids(room)
+        args = [new_epoch(), self.length, jsonio.dumps(message), IDLE_EXPIRY_MS, message["id"],
+                self.keys.room_channel(room) if self.relays else "", self.relay_host or "",
+                self.publish]
         try:
-            seq, epoch, before = await self._append(
-                keys=[meta, log, ids],
-                args=[new_epoch(), self.length, jsonio.dumps(message), IDLE_EXPIRY_MS,
-                      message["id"],
-                      self.keys.room_channel(room) if self.relays else "",
-                      self.relay_host or "", self.publish])
+            if self.wait_replicas:
+                (seq, epoch, before), copies = await self._append_and_wait([meta, log, ids], args)
+            else:
+                seq, epoch, before = await self._append(keys=[meta, log, ids], args=args)
         except ResponseError as exc:  # Redis answered: nothing was written
             raise HistoryRefused(refusal_reason(exc)) from None
         except (OSError, RedisError) as exc:
             if never_connected(exc):
                 raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
             raise HistoryUncertain(f"no answer from Redis ({exc})") from None
+        if self.wait_replicas and copies < self.wait_replicas:
+            raise HistoryNotReplicated(
+                f"stored, but {copies} of the {self.wait_replicas} Redis replica(s) "
+                f"REDIS_WAIT_REPLICAS asks for confirmed a copy within {WAIT_TIMEOUT_MS} ms")
         stored = {**message, "seq": int(seq), "epoch": as_text(epoch)}
         if before:
             stored["duplicate"] = True
         return stored
+
+    async def _append_and_wait(self, keys: list[str], args: list) -> tuple[list, int]:
+        """The append script, then WAIT, in one round trip on one connection:
+        (the script's answer, how many replicas confirmed)."""
+        answer, copies = await self._pipelined(keys, args)
+        if isinstance(answer, NoScriptError):
+            # A master that never saw the script (one promoted by a
+            # failover): it did not run; load it and send both again.
+            await self.redis.script_load(APPEND)
+            answer, copies = await self._pipelined(keys, args)
+        for reply in (answer, copies):
+            if isinstance(reply, Exception):
+                raise reply
+        return answer, int(copies)
+
+    async def _pipelined(self, keys: list[str], args: list) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        # (execute_command: a cluster pipeline blocks its evalsha method)
+        pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+        wait = ("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        if isinstance(self.redis, RedisCluster):
+            # WAIT names no key: send it to the room's master, where the
+            # script runs (the pipeline keeps one connection per node).
+            await self.redis.initialize()
+            pipe.execute_command(*wait, target_nodes=self.redis.get_node_from_key(keys[0]))
+        else:
+            pipe.execute_command(*wait)
+        return await pipe.execute(raise_on_error=False)
 
     async def _read(self, room: str, command) -> Slice:
         """Run one stream read in a transaction with the room's meta data,
@@ -303,7 +358,9 @@ def never_connected(exc: BaseException) -> bool:
     (reading, writing) is worded otherwise and may follow a sent command.
     A full connection pool (``chat.redis_clients.BoundedPool``) sends nothing.
     """
-    if isinstance(exc, rx.MaxConnectionsError):  # the pool had no connection to give
+    if isinstance(exc, rx.MaxConnectionsError | MasterNotFoundError):
+        return True  # the pool had no connection to give; the sentinels name no master
+    if "previous master is now a slave" in str(exc):  # redis-py's word for READONLY
         return True
     return isinstance(exc, rx.ConnectionError | rx.TimeoutError) and "connecting to" in str(exc)
 

@@ -1,5 +1,17 @@
 """Every Redis client of a replica is built here, from the settings.
 
+A ``REDIS_URL`` names one of three topologies (``redis_url.py``), and
+:func:`redis_client` gives the same face to each:
+
+* one Redis: redis-py's client on a :class:`BoundedPool`;
+* Sentinel: a client of the master the sentinels name now
+  (:class:`SentinelMaster`).  Each new connection asks the sentinels first,
+  so after a failover the next connection reaches the new master; until one
+  is promoted, connecting fails with ``MasterNotFoundError`` (nothing sent);
+* Cluster: redis-py's asyncio ``RedisCluster``, which sends each command to
+  the master of its key's slot (a room's keys share one, ``redis_keys.py``)
+  and follows ``MOVED``/``ASK`` on its own.
+
 A replica holds two: the backplane manager's (PUBLISH, the subscription,
 readiness) and the store's (history, presence, the replica registry).  Both
 are named (``CLIENT LIST`` shows who is who, and readiness finds its own
@@ -19,11 +31,14 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
+from .redis_url import parse_redis_url
 from .settings import Settings
 
 
@@ -87,11 +102,49 @@ class BoundedPool(aioredis.BlockingConnectionPool):
             raise PoolExhausted(problem) from None
 
 
+class BoundedSentinelPool(BoundedPool, SentinelConnectionPool):
+    """:class:`BoundedPool`'s waiting and wording, with Sentinel's way of
+    finding the master for every new connection."""
+
+    def __init__(self, service_name, sentinel_manager, **kwargs):
+        # BlockingConnectionPool would otherwise pick plain connections.
+        kwargs.setdefault("connection_class", SentinelManagedConnection)
+        super().__init__(service_name=service_name, sentinel_manager=sentinel_manager,
+                         **kwargs)
+
+
+class SentinelMaster(aioredis.Redis):
+    """The master's client; closing it also closes its sentinels' clients."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        sentinels = getattr(self.connection_pool, "sentinel_manager", None)
+        await super().aclose(close_connection_pool)
+        if sentinels is not None:
+            await sentinels.aclose()
+
+
 def redis_client(url: str, client_name: str, max_connections: int,
-                 **overrides) -> aioredis.Redis:
-    """A Redis client on its own :class:`BoundedPool` (closed with the client),
-    with :func:`redis_options` and ``overrides``."""
+                 **overrides) -> aioredis.Redis | RedisCluster:
+    """A client of what ``url`` names (one Redis, a Sentinel-watched master,
+    a Cluster), with :func:`redis_options` and ``overrides``; for one Redis
+    and Sentinel on its own :class:`BoundedPool` (closed with the client),
+    for a Cluster with at most ``max_connections`` per node."""
     options = {**redis_options(client_name), **overrides}
+    target = parse_redis_url(url)
+    credentials = {"username": target.username, "password": target.password}
+    if target.topology == "sentinel":
+        # The sentinels answer within the same short timeouts; the
+        # credentials in the URL are the master's, not theirs.
+        sentinels = Sentinel(list(target.nodes), sentinel_kwargs={
+            k: v for k, v in options.items() if k.startswith("socket_")})
+        return sentinels.master_for(
+            target.service, redis_class=SentinelMaster, connection_pool_class=BoundedSentinelPool,
+            max_connections=max_connections, timeout=POOL_WAIT, db=target.db,
+            **credentials, **options)
+    if target.topology == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            max_connections=max_connections, ssl=target.tls, **credentials, **options)
     pool = BoundedPool.from_url(url, max_connections=max_connections, timeout=POOL_WAIT,
                                 **options)
     return aioredis.Redis.from_pool(pool)

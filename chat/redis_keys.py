@@ -23,10 +23,12 @@ default), so two chats can share one Redis without meeting.  For a room R::
                                   (K: a hash of the API key and the header), 24 h
     C:replicas           hash     server id -> its health (replicas.py)
 
-``{R}`` is a Redis Cluster *hash tag*: a room's keys and its channel hash to
-one slot, so the script that stores a message can also publish it, and on
-a Cluster all of a room lives on one shard.  (A room name holding ``}``
-cuts the tag short, the same way for all of its keys: they still meet.)
+``{R}`` is the room's *hash tag* (:func:`hash_tag`): Redis Cluster places a
+key, and a shard channel, by the text between its first ``{`` and the next
+``}``, so every key of one room and its channel land in one slot: the
+scripts and transactions that touch several keys run there, and the script
+that stores a message can publish it there too.  ``REDIS_CHANNEL`` may hold
+no brace (settings), so the room's ``{`` is always the key's first one.
 How long each lives is up to the module that writes it; a room's keys all
 expire when the room goes quiet.
 """
@@ -34,6 +36,17 @@ expire when the room goes quiet.
 from __future__ import annotations
 
 import dataclasses
+
+
+def hash_tag(room: str) -> str:
+    """``{room}``, with ``%`` and ``}`` written as ``%25`` and ``%7D``.
+
+    A ``}`` inside the name would end the tag early (a room named ``}x``
+    would even get the empty tag, which Redis ignores, scattering the room's
+    keys over the cluster); the escape keeps the tag whole and distinct
+    rooms' tags distinct.
+    """
+    return "{" + room.replace("%", "%25").replace("}", "%7D") + "}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +62,10 @@ class RedisKeys:
         return f"{self.prefix}:replicas"
 
     def room_channel(self, room: str) -> str:
-        return f"{self.prefix}:room:{{{room}}}"
+        return f"{self.prefix}:room:{hash_tag(room)}"
 
     def _room(self, room: str, what: str) -> str:
-        return f"{self.prefix}:room:{{{room}}}:{what}"
+        return f"{self.prefix}:room:{hash_tag(room)}:{what}"
 
     def room_meta(self, room: str) -> str:
         return self._room(room, "meta")

@@ -15,6 +15,7 @@ import pytest
 import socketio
 from wire import Reader
 
+from chat.tools import redis_topology
 from chat.tools.cluster import LocalCluster, RedisProcess, free_port
 
 
@@ -38,6 +39,33 @@ def redis_factory(tmp_path):
             continue
 
 
+def _topology(kind: str, base):
+    """A started Redis topology of ``kind`` (``chat/tools/redis_topology.py``)."""
+    topology = redis_topology.create(kind, base, base / "logs")
+    topology.start()
+    return topology
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path):
+    """A master, its replica and three sentinels (service ``chat``), real
+    redis-server processes; ``.url`` is the ``redis+sentinel://`` URL.  The
+    test may kill and restart nodes; every one is stopped by PID after it."""
+    topology = _topology("sentinel", tmp_path)
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """Six redis-server nodes made into a Cluster of 3 masters + 3 replicas
+    (ports below 22000, bus ports below 32000); ``.url`` is the
+    ``redis+cluster://`` URL.  Every node is stopped by PID after the test."""
+    topology = _topology("cluster", tmp_path)
+    yield topology
+    topology.stop()
+
+
 class ClusterPool:
     """Brings clusters up in state folders under ``base``; ``close()`` stops all."""
 
@@ -46,12 +74,12 @@ class ClusterPool:
         self.clusters: list[LocalCluster] = []
 
     def create(self, replicas: int = 3, mode: str = "socketio", proxy: bool = True,
-               redis_url: str | None = None, env: dict[str, str] | None = None
-               ) -> LocalCluster:
+               redis_url: str | None = None, env: dict[str, str] | None = None,
+               redis: str = "single") -> LocalCluster:
         cluster = LocalCluster(self.base / f"cluster-{len(self.clusters)}")
         self.clusters.append(cluster)
         cluster.up(replicas=replicas, mode=mode, port=free_port(), redis_url=redis_url,
-                   env=env, proxy=proxy)
+                   env=env, proxy=proxy, redis=redis)
         return cluster
 
     def close(self) -> None:

@@ -149,7 +149,8 @@ def test_ctrl_c_tears_the_cluster_down(state_dir):
         while time.monotonic() < deadline and proc.poll() is None:
             recorded = _read_json(state)
             if recorded and recorded.get("nginx_pid"):
-                    pids = [recorded["nginx_pid"], recorded["redis"]["pid"],
+                    pids = [recorded["nginx_pid"],
+                            *(n["pid"] for n in recorded["topology"]["nodes"].values()),
                             *(r["pid"] for r in recorded["replicas"])]
                     break
             time.sleep(0.1)

@@ -182,9 +182,21 @@ def test_compose_keeps_redis_private_and_scales_the_server():
 
     compose = YAML(typ="safe").load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert "ports" not in services["redis"]
     assert services["server"]["environment"]["REDIS_MODE"] == "${REDIS_MODE:-socketio}"
     assert services["server"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    # Every Redis topology is a profile (make up REDIS=...), private, and
+    # the server waits for whichever one runs.
+    profiles = {}
+    for name, service in services.items():
+        for profile in service.get("profiles", ()):
+            profiles.setdefault(profile, []).append(name)
+            assert "ports" not in service, name
+    assert sorted(profiles) == ["cluster", "sentinel", "single"]
+    assert len([n for n in profiles["cluster"] if n.startswith("redis-node")]) == 6
+    assert len([n for n in profiles["sentinel"] if n.startswith("sentinel")]) == 3
+    assert "--appendonly" in services["redis"]["command"] and services["redis"]["volumes"]
+    waits_for = services["server"]["depends_on"]
+    assert {"redis", "sentinel-1", "cluster-init"} <= set(waits_for)
     assert services["nginx"]["depends_on"]["server"]["condition"] == "service_healthy"
     assert services["nginx"]["ports"] == ["${CHAT_PORT:-8080}:8080"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from chat import __main__ as chat_main
-from chat.tools import bench, chaos, churn, client, cluster, sweep
+from chat.tools import bench, chaos, churn, client, cluster, storebench, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -43,6 +43,7 @@ PROGRAMS = {
     "python -m chat.tools.sweep": sweep.build_parser,
     "python -m chat.tools.churn": churn.build_parser,
     "python -m chat.tools.chaos": chaos.build_parser,
+    "python -m chat.tools.storebench": storebench.build_parser,
 }
 # Commands of other programs, and where they are checked.
 ELSEWHERE = {

@@ -19,6 +19,8 @@ import pytest
 import redis
 from leftovers import ENV, TTL, refused_reason, settle, stays_in, websocket_visit
 
+from chat.redis_keys import RedisKeys
+
 pytestmark = [pytest.mark.slow, pytest.mark.hostile]
 
 
@@ -65,7 +67,7 @@ def room_keys(admin, room: str) -> dict[str, tuple[int, int]]:
     """Each existing key of ``room``: (MEMORY USAGE bytes, TTL in seconds)."""
     out = {}
     for kind in ("meta", "log", "ids", "presence"):
-        key = f"chat:messages:room:{{{room}}}:{kind}"
+        key = getattr(RedisKeys("chat:messages"), f"room_{kind}")(room)
         if admin.exists(key):
             out[kind] = (admin.memory_usage(key, samples=0), admin.ttl(key))
     return out

@@ -12,6 +12,8 @@ import time
 import pytest
 import redis
 
+from chat.redis_keys import RedisKeys
+
 pytestmark = pytest.mark.slow
 
 TTL = 3.0
@@ -77,7 +79,7 @@ async def test_a_crashed_replicas_users_are_gone_within_the_ttl(cluster_factory,
     try:
         now_ms = time.time() * 1000
         scores = [score for _, score in admin.zrange(
-            f"chat:messages:room:{{{room}}}:presence", 0, -1, withscores=True)]
+            RedisKeys("chat:messages").room_presence(room), 0, -1, withscores=True)]
     finally:
         admin.close()
     assert len(scores) == 5
@@ -118,7 +120,7 @@ async def test_a_big_room_lists_a_few_hundred_and_counts_everyone(shared_cluster
         # Fill the room's presence directly: LIST_MAX + 50 people who are
         # online elsewhere, without opening that many connections.
         expires = (time.time() + 60) * 1000
-        admin.zadd(f"chat:messages:room:{{{room}}}:presence",
+        admin.zadd(RedisKeys("chat:messages").room_presence(room),
                    {json.dumps([f"x{i}", f"crowd{i}"]): expires for i in range(LIST_MAX + 50)})
     finally:
         admin.close()

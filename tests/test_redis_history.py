@@ -46,7 +46,7 @@ async def test_between_heads_and_expiry_at_their_edges(redis_factory):
         assert heads == {"r": (epoch, 4), "empty": (empty.epoch, 0)}
 
         # A room's history outlives 30 idle days (both keys).
-        for key in ("t:room:{r}:meta", "t:room:{r}:log"):
+        for key in (RedisKeys("t").room_meta("r"), RedisKeys("t").room_log("r")):
             assert IDLE_EXPIRY_MS - DAY_MS < await client.pttl(key) <= IDLE_EXPIRY_MS
         assert IDLE_EXPIRY_MS == 30 * DAY_MS
     finally:

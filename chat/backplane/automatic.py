@@ -51,8 +51,9 @@ class AutomaticRedisManager(Observed, socketio.AsyncRedisManager):
         self._connections = 0
 
     def _redis_connect(self):
-        # What the library's own method does for a redis:// URL (the only
-        # kind settings accept), with a bounded pool.
+        # What the library's own method does for a redis:// or
+        # redis+sentinel:// URL (the master the sentinels name), with a
+        # bounded pool (chat/redis_clients.py).
         self.redis = redis_client(self.redis_url, self.client_name, self.max_connections)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.connected = True

@@ -16,8 +16,9 @@ decoding or encoding any JSON::
               ``2["message",{"id":...,"seq":7,"epoch":"ab12cd34"}]``.
 
 Chat messages are written in this form by the append script itself
-(``history.APPEND``), in the same call that numbers and stores them; other
-room broadcasts by :func:`room_frame`.  The first four fields are plain
+(``history.APPEND``), in the same call that numbers and stores them (or, when
+the ack waits for Redis replicas, by :func:`room_frame` once they have it);
+other room broadcasts by :func:`room_frame`.  The first four fields are plain
 tokens (hex, digits, base64url sids) and never hold a space, so a frame
 splits on its first four spaces.
 """
@@ -37,15 +38,19 @@ class Frame(typing.NamedTuple):
     packet: str
 
 
-def room_frame(host_id: str, packet: str, skip_sid=None) -> str:
-    """A room broadcast that is not a numbered chat message."""
+def room_frame(host_id: str, packet: str, skip_sid=None, seq: int | None = None,
+               epoch: str | None = None) -> str:
+    """A room broadcast written by a replica (chat messages are written by
+    the append script, unless the ack waits for Redis replicas first)."""
     if not skip_sid:
         skip = NONE
     elif isinstance(skip_sid, str):
         skip = skip_sid
     else:
         skip = ",".join(skip_sid)
-    return f"{host_id} {NONE} {NONE} {skip} {packet}"
+    numbered = seq is not None and epoch is not None
+    return (f"{host_id} {seq if numbered else NONE} {epoch if numbered else NONE} "
+            f"{skip} {packet}")
 
 
 def parse(data: bytes | str) -> Frame:

@@ -125,11 +125,15 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
                 and isinstance(room, str) and not RESERVED_ROOM.fullmatch(room)):
             # A room, not a sid (sid-shaped names are never rooms: protocol.py):
             # an emit to a sid held elsewhere must go where every replica hears.
-            packet = self._encode(message["event"], message["data"], "/")
+            data = message["data"]
+            packet = self._encode(message["event"], data, "/")
             if packet is not None:
-                await self._send(self.keys.room_channel(room),
-                                 frames.room_frame(self.host_id, packet,
-                                                   message.get("skip_sid")))
+                # A numbered chat message keeps its number, for the receivers' lines.
+                numbered = (data[0] if message["event"] == "message" and len(data) == 1
+                            and isinstance(data[0], dict) else {})
+                await self._send(self.keys.room_channel(room), frames.room_frame(
+                    self.host_id, packet, message.get("skip_sid"),
+                    numbered.get("seq"), numbered.get("epoch")))
                 return
         await self._send(self.channel, self.json.dumps(message))
 

@@ -1,5 +1,8 @@
 """The cluster as local processes: Redis, N gunicorn replicas, NGINX.
 
+Redis is one server (with AOF), a Sentinel group or a Cluster
+(``--redis``, ``make up REDIS=...``): ``redis_topology.py`` starts it.
+
 This is the same topology as ``compose.yaml``, for machines without a Docker
 engine (and for the test suite, which drives it through the same class).
 ``make up`` / ``make scale`` / ``make down`` call the ``chat-cluster``
@@ -16,6 +19,8 @@ Layout of the state folder (``.run/`` by default, git-ignored)::
     cluster.json          what runs: ports, PIDs, mode
     logs/redis.log        logs/replica-N.log        logs/nginx.log
     nginx/nginx.conf      deploy/nginx.conf rendered for the replica ports
+    redis-data/           the single Redis's append-only file
+    redis-sentinel/, sentinel/, redis-cluster/   the other topologies' files
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import redis_topology
 from .nginx import NginxFront
 from .processes import (  # free_port and RedisProcess: the tests' fixtures take them here
     ROOT,
@@ -71,7 +77,8 @@ class LocalCluster(NginxFront):
         self.port = 0
         self.mode = "socketio"
         self.redis_url = ""
-        self.redis: RedisProcess | None = None
+        self.redis: RedisProcess | None = None  # the single Redis (REDIS=single)
+        self.topology: redis_topology.RedisTopology | None = None  # ours, of any kind
         self.replicas: list[Replica] = []
         self.nginx_pid: int | None = None
         self.extra_env: dict[str, str] = {}
@@ -88,9 +95,9 @@ class LocalCluster(NginxFront):
         self.port, self.mode = state["port"], state["mode"]
         self.redis_url = state["redis_url"]
         self.extra_env = state.get("env", {})
-        if state.get("redis"):
-            self.redis = RedisProcess(port=state["redis"]["port"], pid=state["redis"]["pid"],
-                                      log=self.logs / "redis.log")
+        if state.get("topology"):
+            self.topology = redis_topology.load(state["topology"], self.state_dir, self.logs)
+            self.redis = self.topology.nodes.get("redis")
         self.replicas = [Replica(**r) for r in state["replicas"]]
         self.nginx_pid = state.get("nginx_pid")
         # A PID recorded before a reboot or a crash may belong to some other
@@ -104,15 +111,15 @@ class LocalCluster(NginxFront):
         self.nginx_pid = ours(self.nginx_pid)
         for replica in self.replicas:
             replica.pid = ours(replica.pid)
-        if self.redis:
-            self.redis.pid = ours(self.redis.pid)
+        for node in self.topology.nodes.values() if self.topology else ():
+            node.pid = ours(node.pid)
 
     def _save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "port": self.port, "mode": self.mode, "redis_url": self.redis_url,
             "env": self.extra_env,
-            "redis": {"port": self.redis.port, "pid": self.redis.pid} if self.redis else None,
+            "topology": self.topology.state() if self.topology else None,
             "replicas": [dataclasses.asdict(r) for r in self.replicas],
             "nginx_pid": self.nginx_pid,
             "starts": {str(pid): started_at(pid) for pid in self._pids()},
@@ -126,14 +133,14 @@ class LocalCluster(NginxFront):
         pids = [r.pid for r in self.replicas if r.pid]
         if self.nginx_pid:
             pids.append(self.nginx_pid)
-        if self.redis and self.redis.pid:
-            pids.append(self.redis.pid)
+        if self.topology:
+            pids += self.topology.pids()
         return pids
 
     # -- lifecycle ------------------------------------------------------
     def up(self, replicas: int = 3, mode: str = "socketio", port: int = 8080,
            redis_url: str | None = None, env: dict[str, str] | None = None,
-           proxy: bool = True) -> None:
+           proxy: bool = True, redis: str = "single") -> None:
         """Start everything; ``proxy=False`` leaves NGINX out (backplane tests).
 
         ``mode="memory"`` is one replica with no Redis (a baseline for
@@ -155,16 +162,18 @@ class LocalCluster(NginxFront):
                                "(stop it, or choose another: make up PORT=...)")
         self.port, self.mode = port, mode
         self.extra_env = dict(env or {})
-        self.replicas, self.nginx_pid, self.redis = [], None, None
+        self.replicas, self.nginx_pid, self.redis, self.topology = [], None, None, None
         try:
             if mode == "memory":
                 self.redis_url = ""  # replicas read an empty REDIS_URL as unset
             elif redis_url:
                 self.redis_url = redis_url
             else:
-                self.redis = RedisProcess(port=free_port(), log=self.logs / "redis.log")
-                self.redis.start()
-                self.redis_url = self.redis.url
+                self.topology = redis_topology.create(redis, self.state_dir, self.logs)
+                self._save()  # its PIDs, as they come, for a down after a failed up
+                self.topology.start()
+                self.redis = self.topology.nodes.get("redis")
+                self.redis_url = self.topology.url
             self._save()
             self._add_replicas(replicas)
             if nginx:
@@ -211,15 +220,18 @@ class LocalCluster(NginxFront):
         self.nginx_pid = None
         stop_pids([replica.pid for replica in self.replicas])
         self.replicas = []
-        if self.redis:
-            self.redis.stop()
-            self.redis = None
+        if self.topology:
+            self.topology.stop()
+            self.topology = self.redis = None
         if self.state_file.exists():
             self.state_file.unlink()
 
     def forget(self) -> None:
-        """Remove what ``up`` wrote under the state folder (logs included)."""
-        for folder in (self.logs, self.state_dir / "nginx"):
+        """Remove what ``up`` wrote under the state folder (logs and Redis's
+        files included: the AOF keeps history across Redis restarts, and
+        ``make down`` means starting afresh)."""
+        redis_files = redis_topology.folders(self.state_dir)
+        for folder in (self.logs, self.state_dir / "nginx", *redis_files):
             shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()  # only if nothing else is in it
@@ -277,7 +289,7 @@ class LocalCluster(NginxFront):
         With an external REDIS_URL only liveness is awaited: that Redis may
         be down, and the replica is meant to start anyway.
         """
-        check = "readyz" if self.redis is not None else "healthz"
+        check = "readyz" if self.topology is not None else "healthz"
         wait_until(lambda: http_ok(f"{replica.url}/{check}"), timeout,
                    replica.server_id, self.logs / f"{replica.server_id}.log", replica.pid)
 
@@ -315,9 +327,8 @@ class LocalCluster(NginxFront):
     # -- reporting ------------------------------------------------------
     def status(self) -> list[tuple[str, str, int | None, str]]:
         rows = []
-        if self.redis:
-            rows.append(("redis", f"127.0.0.1:{self.redis.port}", self.redis.pid,
-                         "up" if alive(self.redis.pid) else "down"))
+        if self.topology:
+            rows += self.topology.rows()
         elif self.redis_url:
             rows.append(("redis", self.redis_url, None, "external"))
         for r in self.replicas:
@@ -347,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="backplane; memory = one replica without Redis")
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
+    up.add_argument("--redis", choices=redis_topology.KINDS, default="single",
+                    help="the Redis to start: one server (AOF), a Sentinel group, a Cluster")
     scale = sub.add_parser("scale", help="change the number of replicas")
     scale.add_argument("replicas", type=int)
     sub.add_parser("down", help="stop everything")
@@ -365,7 +378,8 @@ def main(argv=None) -> int:
     cluster = LocalCluster(Path(args.state_dir))
     try:
         if args.command == "up":
-            cluster.up(args.replicas, args.mode, args.port, args.redis_url or None)
+            cluster.up(args.replicas, args.mode, args.port, args.redis_url or None,
+                       redis=args.redis)
             print(f"chat is up at http://localhost:{cluster.port}/ "
                   f"({len(cluster.replicas)} replicas, mode {cluster.mode})")
             _print_status(cluster)

@@ -202,12 +202,21 @@ def wait_until(check, timeout: float, what: str, log: Path | None = None,
 
 @dataclasses.dataclass
 class RedisProcess:
-    """A redis-server of our own, that keeps nothing on disk."""
+    """A redis-server of our own.
+
+    Without ``data_dir`` it keeps nothing on disk (the tests' throwaway
+    Redis).  With one it keeps an append-only file there (AOF, fsync once a
+    second), so a restart brings every room's history back; ``args`` are
+    more redis-server options (a replica's ``--replicaof``, cluster mode).
+    """
 
     port: int
     log: Path
     pid: int | None = None
     password: str | None = None
+    data_dir: Path | None = None
+    args: tuple[str, ...] = ()
+    config: Path | None = None  # a config file read first (a sentinel's)
 
     @property
     def url(self) -> str:
@@ -215,11 +224,18 @@ class RedisProcess:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        argv = [find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        argv = [find_binary("redis-server"), *([str(self.config)] if self.config else []),
+                "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--daemonize", "no"]
+        if self.data_dir is None:
+            argv += ["--appendonly", "no"]
+        else:
+            Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+            argv += ["--dir", str(self.data_dir), "--appendonly", "yes",
+                     "--appendfsync", "everysec"]
         if self.password:
             argv += ["--requirepass", self.password]
-        self.pid = spawn(argv, self.log)
+        self.pid = spawn(argv + list(self.args), self.log)
         wait_until(self.answers, 10, f"redis-server on port {self.port}", self.log, self.pid)
 
     def answers(self) -> bool:

@@ -1,0 +1,147 @@
+"""The store on every Redis topology: hash tags, Cluster, Sentinel, WAIT.
+
+The history, presence and replica registry run unchanged on one Redis, on a
+Sentinel-watched master and on a Cluster, through the client
+``chat/redis_clients.py`` builds from the URL.  On a Cluster every command,
+script and transaction touching a room must stay in the room's slot, and the
+catch-up's read of many rooms must reach every master: here the rooms are
+spread over all three.  Real redis-server processes (``redis_sentinel``,
+``redis_cluster`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import time
+
+import pytest
+from redis.crc import key_slot
+
+from chat.history import HistoryNotReplicated, RedisHistory
+from chat.presence import RedisStore, entry
+from chat.redis_clients import redis_client
+from chat.redis_keys import RedisKeys, hash_tag
+from chat.replicas import Registry
+from chat.tools.cluster import LocalCluster
+from chat.tools.processes import ClusterError, free_port
+
+KEYS = RedisKeys("chat:messages")
+ODD_ROOMS = ["general", "}x", "{a}b", "a}b", "a%7Db", "%", "{}", "ünï cödé", "x" * 32]
+
+
+@pytest.mark.parametrize("room", ODD_ROOMS)
+def test_every_key_of_a_room_is_in_one_slot(room):
+    keys = [KEYS.room_meta(room), KEYS.room_log(room), KEYS.room_ids(room),
+            KEYS.room_presence(room)]
+    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+    # ... and the slot is the tag's: the tag is whole, not cut at a brace.
+    assert key_slot(keys[0].encode()) == key_slot(hash_tag(room).encode())
+
+
+def test_distinct_rooms_get_distinct_tags():
+    assert len({hash_tag(room) for room in ODD_ROOMS}) == len(ODD_ROOMS)
+
+
+async def exercise_the_store(url: str, wait_replicas: int, rooms: list[str]) -> dict:
+    """Every store operation a replica makes, on ``url``; returns what the
+    rooms' heads say (room -> latest number)."""
+    client = redis_client(url, "chat:test:store", 8)
+    try:
+        history = RedisHistory(client, keys=KEYS, length=5, wait_replicas=wait_replicas)
+        for room in rooms:
+            for i in range(3):
+                stored = await history.append(room, {"id": f"{room}-{i}", "text": str(i)})
+                assert stored["seq"] == i + 1
+            again = await history.append(room, {"id": f"{room}-1", "text": "1"})
+            assert again["duplicate"] and again["seq"] == 2
+            piece = await history.tail(room, 10)
+            assert [m["seq"] for m in piece.messages] == [1, 2, 3] and piece.last == 3
+            assert [m["seq"] for m in (await history.since(room, 1, 10)).messages] == [2, 3]
+            assert [m["seq"] for m in await history.between(room, 0, 3)] == [1, 2]
+        heads = await history.heads([*rooms, "never-used"])  # one pipeline, many rooms
+
+        store = RedisStore(client, keys=KEYS, ttl=3)
+        now = time.time()
+        for room in rooms:
+            await store.add(room, [entry("p1", "ana"), entry("p2", "bia")], now + 60)
+            await store.add(room, [entry("p3", "gone")], now - 1)
+            assert (await store.live(room, now, 10))[1] == 2
+            assert await store.expire(room, now) == [entry("p3", "gone")]
+            await store.remove(room, entry("p2", "bia"))
+            assert await store.live(room, now, 10) == ([entry("p1", "ana")], 1)
+
+        async def status():
+            return {"mode": "pubsub", "clients": 0, "ready": True, "reason": "test"}
+
+        registry = Registry(client, key=KEYS.replicas, server_id="replica-9", ttl=3,
+                            status=status, logger=None)
+        await registry.publish()
+        assert [e["server"] for e in await registry.list()] == ["replica-9"]
+        return {room: seq for room, (_, seq) in heads.items()}
+    finally:
+        await client.aclose()
+
+
+async def test_the_store_works_on_a_cluster_with_rooms_on_every_master(redis_cluster):
+    rooms = [f"room-{i}-{secrets.token_hex(2)}" for i in range(24)] + ["}x", "a}b"]
+    masters = {row[0] for row in redis_cluster.rows() if row[3] == "master"}
+    client = redis_client(redis_cluster.url, "chat:test:where", 2)
+    try:
+        await client.initialize()
+        owners = {client.get_node_from_key(KEYS.room_meta(r)).port for r in rooms}
+    finally:
+        await client.aclose()
+    assert len(owners) == len(masters) == 3, "the rooms do not span the three masters"
+
+    heads = await exercise_the_store(redis_cluster.url, 1, rooms)
+    assert heads == dict.fromkeys(rooms, 3)
+
+
+async def test_the_store_works_through_sentinel(redis_sentinel):
+    rooms = ["general", "}x"]
+    assert await exercise_the_store(redis_sentinel.url, 1, rooms) == dict.fromkeys(rooms, 3)
+
+
+async def test_an_append_no_replica_confirmed_is_stored_and_says_so(redis_factory):
+    redis = redis_factory()  # no replica at all: WAIT 1 can only time out
+    client = redis_client(redis.url, "chat:test:wait", 4)
+    try:
+        history = RedisHistory(client, keys=KEYS, length=10, wait_replicas=1)
+        with pytest.raises(HistoryNotReplicated, match="0 of the 1 Redis replica"):
+            await history.append("r", {"id": "m-1", "text": "hi"})
+        # Stored on the master all the same: a retry finds it, once.
+        assert [m["id"] for m in (await history.tail("r", 10)).messages] == ["m-1"]
+        with pytest.raises(HistoryNotReplicated):
+            await history.append("r", {"id": "m-1", "text": "hi"})
+        assert (await history.tail("r", 10)).last == 1
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.slow
+async def test_history_survives_a_redis_crash_with_aof(cluster_factory, connect):
+    """make up's single Redis keeps an append-only file: SIGKILLed (no
+    shutdown save) more than a second after the messages, it comes back
+    with the room's history, epoch and numbering."""
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False)
+    url = cluster.replicas[0].url
+    ana = await connect(url, "ana", room="kept")
+    acks = [await ana.send(f"m{i}") for i in range(5)]
+    assert all(a["ok"] for a in acks)
+    await asyncio.sleep(1.5)  # appendfsync everysec
+    cluster.redis.stop(signal.SIGKILL)
+    cluster.start_redis()
+    bia = await connect(url, "bia", room="kept")
+    assert [m["text"] for m in bia.welcome["history"]] == [f"m{i}" for i in range(5)]
+    assert bia.welcome["epoch"] == ana.welcome["epoch"]
+    assert (await bia.send("after"))["seq"] == 6
+
+
+def test_chat_cluster_starts_a_redis_cluster_and_refuses_pubsub_on_it_for_now(tmp_path):
+    cluster = LocalCluster(tmp_path / "run")
+    with pytest.raises(ClusterError) as info:
+        cluster.up(replicas=1, mode="pubsub", port=free_port(), proxy=False, redis="cluster")
+    assert "does not run on one yet" in str(info.value)  # the replica's one line
+    assert not cluster.running()  # the six nodes stopped with the refused replica
