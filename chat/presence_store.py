@@ -33,6 +33,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from redis.exceptions import NoScriptError
+
 from . import jsonio
 from .history import EMPTY_EXPIRY_MS, as_text
 from .redis_keys import RedisKeys
@@ -219,18 +221,41 @@ class RedisStore:
 
     async def add(self, room: str, seat: Seat, expires: float, now: float,
                   claim: bool) -> tuple[int, str]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._add(**self._add_args(room, seat, expires, now, claim), client=pipe)
-            self._live_room(pipe, room, expires)
-            (status, holder), *_ = await pipe.execute()
+        (status, holder), = await self._adds(
+            room, [self._add_args(room, seat, expires, now, claim)], expires)
         return int(status), as_text(holder)
 
     async def add_many(self, room: str, seats: list[Seat], expires: float, now: float):
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for seat in seats:
-                await self._add(**self._add_args(room, seat, expires, now, False), client=pipe)
-            self._live_room(pipe, room, expires)
-            await pipe.execute()
+        await self._adds(room, [self._add_args(room, seat, expires, now, False)
+                                for seat in seats], expires)
+
+    async def _adds(self, room: str, calls: list[dict], expires: float) -> list:
+        """Run the ADD script for each call, and mark the room live, in one
+        pipeline.  EVALSHA is sent as a plain command: a Redis Cluster
+        pipeline refuses redis-py's script objects.  A node that does not
+        know the script yet (new, restarted, promoted) gets it loaded, and
+        only the calls it refused are sent again."""
+        answers: list = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in pending:
+                    keys, args = calls[i]["keys"], calls[i]["args"]
+                    pipe.execute_command("EVALSHA", self._add.sha, len(keys), *keys, *args)
+                self._live_room(pipe, room, expires)
+                replies = (await pipe.execute(raise_on_error=False))[:len(pending)]
+            refused = [i for i, reply in zip(pending, replies, strict=True)
+                       if isinstance(reply, NoScriptError)]
+            for i, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, Exception) and not (refused and attempt == 0
+                                                         and i in refused):
+                    raise reply
+                answers[i] = reply
+            if not refused:
+                break
+            await self.redis.script_load(ADD)
+            pending = refused
+        return answers
 
     def _live_room(self, pipe, room: str, expires: float) -> None:
         # A command of its own, not in the scripts: the rooms index is not

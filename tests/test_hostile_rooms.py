@@ -154,7 +154,9 @@ async def test_an_exhausted_pool_says_so(cluster_factory, connect, mode):
     admin = redis.Redis.from_url(cluster.redis_url)
     try:
         # Redis stalls: the pool's connections stay busy, the rest must wait.
-        admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        # Long enough that a send still reaches Redis inside it after the
+        # room's presence news (sent first, and stalled too) gives up.
+        admin.execute_command("CLIENT", "PAUSE", "6000", "ALL")
         acks = await asyncio.gather(*(c.send("in the stall", timeout=10) for c in clients))
     finally:
         admin.close()

@@ -20,7 +20,7 @@ import pytest
 from redis.crc import key_slot
 
 from chat.history import HistoryNotReplicated, RedisHistory
-from chat.presence import RedisStore, entry
+from chat.presence_store import ARRIVED, RedisStore, Seat, entry
 from chat.redis_clients import redis_client
 from chat.redis_keys import RedisKeys, hash_tag
 from chat.replicas import Registry
@@ -64,13 +64,17 @@ async def exercise_the_store(url: str, wait_replicas: int, rooms: list[str]) -> 
 
         store = RedisStore(client, keys=KEYS, ttl=3)
         now = time.time()
+        ana, bia, gone = (Seat(f"c{i}", entry(f"u{i}", name), name) for i, name in
+                          enumerate(("ana", "bia", "gone")))
         for room in rooms:
-            await store.add(room, [entry("p1", "ana"), entry("p2", "bia")], now + 60)
-            await store.add(room, [entry("p3", "gone")], now - 1)
-            assert (await store.live(room, now, 10))[1] == 2
-            assert await store.expire(room, now) == [entry("p3", "gone")]
-            await store.remove(room, entry("p2", "bia"))
-            assert await store.live(room, now, 10) == ([entry("p1", "ana")], 1)
+            for seat in (ana, bia):
+                assert (await store.add(room, seat, now + 60, now, claim=True))[0] == ARRIVED
+            await store.add_many(room, [gone], now - 1, now)
+            assert (await store.live(room, now, 10))[1:] == (2, 2)
+            assert await store.expire(room, now) == [gone.person]
+            await store.remove(room, bia)
+            assert await store.live(room, now, 10) == ([ana.person], 1, 1)
+        assert sorted(r for r, _ in await store.rooms(now, 1000)) == sorted(rooms)
 
         async def status():
             return {"mode": "pubsub", "clients": 0, "ready": True, "reason": "test"}

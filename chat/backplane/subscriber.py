@@ -136,7 +136,10 @@ class Subscriber:
 
     async def _sync(self, pubsub) -> None:
         """Send what changed in :attr:`wanted`, in batches, until cancelled.
-        A failed write closes the connection, so the reader starts over."""
+        A failed write ends this task, and the reader, seeing it ended, starts
+        over on a new connection.  (Closing the connection from here would
+        not do: redis-py's next read would quietly open a new one, subscribed
+        to nothing.)"""
         while True:
             await self.changed.wait()
             self.changed.clear()
@@ -153,8 +156,6 @@ class Subscriber:
                             self.sent.difference_update(batch)
             except (OSError, RedisError) as exc:
                 self.log.warning("backplane: could not change subscriptions: %s", exc)
-                with contextlib.suppress(OSError, RedisError):
-                    await pubsub.connection.disconnect()
                 return
 
     async def _write(self, pubsub, command: str, channels: list[str]) -> None:
@@ -167,6 +168,8 @@ class Subscriber:
         heard = time.monotonic()
         pinged = False
         while True:
+            if sync.done():  # it failed to write: this connection is done for
+                raise ConnectionError("could not change the subscriptions")
             message = await pubsub.get_message(timeout=1.0)
             now = time.monotonic()
             if message is not None:
@@ -181,8 +184,6 @@ class Subscriber:
                     self.confirmed.discard(_text(message["channel"]))
                     self.metrics.channels.set(len(self.confirmed))
                 continue
-            if sync.done():  # it failed to write: the connection is gone
-                raise ConnectionError("the subscription connection broke")
             silent = now - heard
             if silent > DEAD_AFTER:
                 raise ConnectionError(f"no answer from Redis for {silent:.0f} s")
