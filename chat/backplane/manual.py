@@ -165,6 +165,16 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
 
     # -- receive ---------------------------------------------------------
     async def _thread(self):
+        while True:  # a listener that dies leaves the replica deaf: never let it
+            try:
+                await self._listen_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._get_logger().exception("backplane: the listener failed; starting over")
+                await asyncio.sleep(1.0)
+
+    async def _listen_forever(self):
         async for channel, payload in self.subscriber.messages():
             try:
                 if channel == self.channel:
