@@ -213,8 +213,10 @@ def create_stores(settings: Settings, relay_host: str | None = None):
         return None, MemoryHistory(settings.history_length), MemoryStore()
     client = store_client(settings)
     keys = RedisKeys(settings.redis_channel)
+    cluster = settings.redis_target is not None and settings.redis_target.topology == "cluster"
     history = RedisHistory(client, keys=keys, length=settings.history_length,
-                           relay_host=relay_host, wait_replicas=settings.wait_replicas)
+                           relay_host=relay_host, wait_replicas=settings.wait_replicas,
+                           publish="SPUBLISH" if cluster else "PUBLISH")
     return (client, history,
             RedisStore(client, keys=keys, ttl=settings.presence_ttl))
 

@@ -186,3 +186,21 @@ def subscriber_client(url: str, client_name: str) -> aioredis.Redis:
     """
     return redis_client(url, client_name + ":sub", 2, retry=Retry(NoBackoff(), 0),
                         socket_timeout=None)
+
+
+def shard_client(node, client_name: str) -> aioredis.Redis:
+    """A client of one Cluster node alone, for the sharded subscription's link
+    to it (``backplane/shards.py``): the node's own address, credentials and
+    TLS, and, like :func:`subscriber_client`, no retry and no read timeout."""
+    kept = ("username", "password", "ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile",
+            "ssl_keyfile", "ssl_check_hostname")
+    given = {k: v for k, v in node.connection_kwargs.items() if k in kept}
+    options = {**redis_options(client_name + ":sub"), "retry": Retry(NoBackoff(), 0),
+               "socket_timeout": None}
+    if given.pop("ssl", False):
+        options["connection_class"] = aioredis.SSLConnection
+    else:
+        given = {k: v for k, v in given.items() if not k.startswith("ssl")}
+    pool = BoundedPool(host=node.host, port=node.port, max_connections=2, timeout=POOL_WAIT,
+                       **given, **options)
+    return aioredis.Redis.from_pool(pool)

@@ -182,9 +182,6 @@ def _topology_fits_mode(settings: Settings) -> None:
     if settings.redis_mode == "socketio":
         raise SettingsError(f"REDIS_URL={shown!r} is a Redis Cluster, which python-socketio's "
                             "manager (REDIS_MODE=socketio) cannot use: set REDIS_MODE=pubsub")
-    # Until pubsub mode subscribes per shard (issue 15, second half).
-    raise SettingsError(f"REDIS_URL={shown!r} is a Redis Cluster: REDIS_MODE=pubsub does not "
-                        "run on one yet; use a redis:// or redis+sentinel:// URL")
 
 
 def _host(env: Mapping[str, str]) -> str:

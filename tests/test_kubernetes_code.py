@@ -40,9 +40,9 @@ GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 # After the last worker is gone the gunicorn master reaps it (it polls every
 # 0.1 s) and exits: a second is ample.
 ARBITER_SLACK = 1.0
-# Settings the code does not accept yet, with the refusal it gives until then:
-# pubsub mode on a Redis Cluster is issue 15's second half.
-NOT_YET = {"cluster": "does not run on one yet"}
+# Settings the code does not accept yet, with the refusal it gives until then
+# (pubsub mode on a Redis Cluster was one, until issue 15's second half).
+NOT_YET: dict[str, str] = {}
 
 
 def gunicorn_command() -> list[str]:

@@ -25,7 +25,7 @@ from chat.redis_clients import redis_client
 from chat.redis_keys import RedisKeys, hash_tag
 from chat.replicas import Registry
 from chat.tools.cluster import LocalCluster
-from chat.tools.processes import ClusterError, free_port
+from chat.tools.processes import alive, free_port
 
 KEYS = RedisKeys("chat:messages")
 ODD_ROOMS = ["general", "}x", "{a}b", "a}b", "a%7Db", "%", "{}", "ünï cödé", "x" * 32]
@@ -143,9 +143,14 @@ async def test_history_survives_a_redis_crash_with_aof(cluster_factory, connect)
     assert (await bia.send("after"))["seq"] == 6
 
 
-def test_chat_cluster_starts_a_redis_cluster_and_refuses_pubsub_on_it_for_now(tmp_path):
+def test_chat_cluster_runs_pubsub_replicas_on_a_redis_cluster_and_stops_every_node(tmp_path):
     cluster = LocalCluster(tmp_path / "run")
-    with pytest.raises(ClusterError) as info:
+    try:
         cluster.up(replicas=1, mode="pubsub", port=free_port(), proxy=False, redis="cluster")
-    assert "does not run on one yet" in str(info.value)  # the replica's one line
-    assert not cluster.running()  # the six nodes stopped with the refused replica
+        roles = [role for name, _, _, role in cluster.status() if name.startswith("redis")]
+        assert sorted(roles) == ["master"] * 3 + ["replica"] * 3
+        pids = cluster.topology.pids()
+    finally:
+        cluster.down()
+    assert not cluster.running()
+    assert not any(alive(pid) for pid in pids)

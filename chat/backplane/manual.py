@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
@@ -58,6 +59,7 @@ from ..redis_clients import ping, redis_client, subscriber_client
 from ..redis_keys import RedisKeys
 from . import frames
 from .base import BackplaneUnavailable, Observed
+from .shards import Shards
 from .subscriber import Subscriber
 
 CONTROL_METHODS = {"emit", "disconnect", "enter_room", "leave_room", "close_room"}
@@ -73,8 +75,13 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
         # PUBLISH and PING on a bounded pool; the subscription on a client
         # of its own, which does not reconnect behind the subscriber's back.
         self.redis = redis_client(url, client_name, max_connections)
-        self.subscriber = Subscriber(subscriber_client(url, client_name), channel, metrics,
+        self.sharded = isinstance(self.redis, RedisCluster)
+        if self.sharded:  # Redis Cluster: SSUBSCRIBE on each channel's shard
+            self.subscriber = Shards(self.redis, client_name, channel, metrics,
                                      self._get_logger(), on_confirmed=self._subscribed_to)
+        else:
+            self.subscriber = Subscriber(subscriber_client(url, client_name), channel, metrics,
+                                         self._get_logger(), on_confirmed=self._subscribed_to)
         self.subscriber.channel_of = self.keys.room_channel
         self._own = f"{self.host_id} ".encode()  # how our own frames start
         self._publish_failing = False
@@ -139,8 +146,12 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
 
     async def _send(self, channel: str, payload) -> None:
         try:
-            # redis-py retries once on a broken connection (redis_options)
-            await self.redis.publish(channel, payload)
+            # redis-py retries once on a broken connection (redis_options);
+            # on a Cluster the channel's shard takes it (SPUBLISH)
+            if self.sharded:
+                await self.redis.spublish(channel, payload)
+            else:
+                await self.redis.publish(channel, payload)
         except (OSError, RedisError) as exc:
             self.metrics.publish_failures.inc()
             if not self._publish_failing:
@@ -154,6 +165,16 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
 
     # -- receive ---------------------------------------------------------
     async def _thread(self):
+        while True:  # a listener that dies leaves the replica deaf: never let it
+            try:
+                await self._listen_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._get_logger().exception("backplane: the listener failed; starting over")
+                await asyncio.sleep(1.0)
+
+    async def _listen_forever(self):
         async for channel, payload in self.subscriber.messages():
             try:
                 if channel == self.channel:
@@ -201,6 +222,9 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
-        await self.subscriber.redis.aclose()
+        if self.sharded:
+            await self.subscriber.close()
+        else:
+            await self.subscriber.redis.aclose()
         await self.redis.aclose()
 

@@ -47,29 +47,44 @@ DEAD_AFTER = 12.0  # ... and give it up after this long without any answer
 
 
 class Subscriber:
-    def __init__(self, client, control: str, metrics, logger,
-                 on_confirmed: Callable[[list[str]], None]):
+    def __init__(self, client, control: str | None, metrics, logger,
+                 on_confirmed: Callable[[list[str]], None], *, sharded: bool = False,
+                 on_moved: Callable[[str], None] | None = None,
+                 on_lost: Callable[[], None] | None = None):
         self.redis = client
-        self.control = control
+        self.control = control  # None: a shard's link with room channels only (shards.py)
         self.metrics = metrics
         self.log = logger
         self.on_confirmed = on_confirmed  # on_confirmed(rooms)
+        # Redis Cluster's sharded pub/sub: the same protocol, other names.
+        self.sharded = sharded
+        prefix = "s" if sharded else ""
+        self.commands = (f"{prefix}SUBSCRIBE".upper(), f"{prefix}UNSUBSCRIBE".upper())
+        self.kinds = (f"{prefix}message", f"{prefix}subscribe", f"{prefix}unsubscribe")
+        self.on_moved = on_moved  # Redis dropped a channel we want: its slot moved
+        self.on_lost = on_lost  # the connection broke (a failover, perhaps)
         self.wanted: dict[str, str] = {}  # room channel -> room
         self.sent: set[str] = set()  # room channels SUBSCRIBEd on this connection
         self.confirmed: set[str] = set()  # channels Redis confirmed (control too)
         self.changed = asyncio.Event()
-        self.subscribed = False  # the control channel is confirmed
+        self.subscribed = False  # the control channel is confirmed (a shard's link: connected)
         self.channel_of: Callable[[str], str] = str  # set by the manager
+        self.count = lambda: self.metrics.channels.set(len(self.confirmed))
 
     # -- what the manager wants (synchronous, from python-socketio's calls)
     def want(self, room: str) -> None:
-        channel = self.channel_of(room)
+        self.want_channel(self.channel_of(room), room)
+
+    def drop(self, room: str) -> None:
+        self.drop_channel(self.channel_of(room))
+
+    def want_channel(self, channel: str, room: str) -> None:
         if channel not in self.wanted:
             self.wanted[channel] = room
             self.changed.set()
 
-    def drop(self, room: str) -> None:
-        if self.wanted.pop(self.channel_of(room), None) is not None:
+    def drop_channel(self, channel: str) -> None:
+        if self.wanted.pop(channel, None) is not None:
             self.changed.set()
 
     # -- the connection ------------------------------------------------------
@@ -88,7 +103,7 @@ class Subscriber:
                 if ever:
                     self.metrics.reconnects.inc()
                 self.log.info("backplane: subscribed %sto %s after %.1f s (%d attempts)",
-                              "again " if ever else "", self.control,
+                              "again " if ever else "", self.control or self.redis_name(),
                               time.monotonic() - lost_at, attempts + 1)
                 ever, lost_at, attempts, delay = True, None, 0, RETRY_FIRST
                 self.changed.set()  # every wanted room, on this new connection
@@ -97,6 +112,8 @@ class Subscriber:
                     yield item
             except (OSError, RedisError) as exc:
                 self.subscribed = False
+                if self.on_lost is not None:
+                    self.on_lost()
                 if lost_at is None or attempts == 0:
                     lost_at = lost_at or time.monotonic()
                     self.log.warning("backplane: %s (%s); retrying every %.2f-%.1f s",
@@ -118,13 +135,17 @@ class Subscriber:
             await asyncio.gather(sync, return_exceptions=True)
         self.sent.clear()
         self.confirmed.clear()
-        self.metrics.channels.set(0)
+        self.count()
         with contextlib.suppress(OSError, RedisError):
             await pubsub.aclose()
 
     async def _subscribe_control(self, pubsub) -> None:
         """SUBSCRIBE the control channel and wait for Redis to confirm it:
-        until then the replica is not really listening, and must not say so."""
+        until then the replica is not really listening, and must not say so.
+        A shard's link has no control channel: connected is ready."""
+        if self.control is None:
+            await pubsub.connect()
+            return
         await pubsub.subscribe(self.control)
         deadline = time.monotonic() + CONFIRM_WITHIN
         while time.monotonic() < deadline:
@@ -146,11 +167,12 @@ class Subscriber:
             add = [c for c in self.wanted if c not in self.sent]
             remove = [c for c in self.sent if c not in self.wanted]
             try:
-                for command, channels in (("SUBSCRIBE", add), ("UNSUBSCRIBE", remove)):
+                subscribe, unsubscribe = self.commands
+                for command, channels in ((subscribe, add), (unsubscribe, remove)):
                     for start in range(0, len(channels), BATCH):
                         batch = channels[start:start + BATCH]
                         await self._write(pubsub, command, batch)
-                        if command == "SUBSCRIBE":
+                        if command == subscribe:
                             self.sent.update(batch)
                         else:
                             self.sent.difference_update(batch)
@@ -175,14 +197,14 @@ class Subscriber:
             if message is not None:
                 heard, pinged = now, False
                 kind = message["type"]
-                if kind == "message":
+                published, subscribed, unsubscribed = self.kinds
+                if kind == published:
                     self.metrics.received.inc()
                     yield _text(message["channel"]), message["data"]
-                elif kind == "subscribe":
+                elif kind == subscribed:
                     self._confirmed(message["channel"])
-                elif kind == "unsubscribe":
-                    self.confirmed.discard(_text(message["channel"]))
-                    self.metrics.channels.set(len(self.confirmed))
+                elif kind == unsubscribed:
+                    self._unsubscribed(_text(message["channel"]))
                 continue
             silent = now - heard
             if silent > DEAD_AFTER:
@@ -191,10 +213,23 @@ class Subscriber:
                 await self._write(pubsub, "PING", [])
                 pinged = True
 
+    def _unsubscribed(self, channel: str) -> None:
+        self.confirmed.discard(channel)
+        self.count()
+        if channel in self.wanted and self.on_moved is not None:
+            # Not ours to drop: on a Cluster, Redis unsubscribes a shard
+            # channel whose slot moved to another master.
+            self.sent.discard(channel)
+            self.on_moved(channel)
+
+    def redis_name(self) -> str:
+        kwargs = self.redis.connection_pool.connection_kwargs
+        return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
     def _confirmed(self, channel) -> None:
         channel = _text(channel)
         self.confirmed.add(channel)
-        self.metrics.channels.set(len(self.confirmed))
+        self.count()
         room = self.wanted.get(channel)
         if room is not None:
             self.on_confirmed([room])

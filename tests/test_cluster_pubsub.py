@@ -1,0 +1,213 @@
+"""pubsub mode on a Redis Cluster: sharded pub/sub, one link per shard.
+
+A Cluster of 3 masters and 3 replicas (``chat/tools/redis_topology.py``,
+real redis-server processes) and three replica processes.  Rooms are chosen
+so that their slots fall on each of the three masters; what the replicas
+write is read off the wire (``wire.Reader``), before any client repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.crc import key_slot
+from wire import check_wire, contiguous, metric
+
+from chat.redis_keys import RedisKeys
+from chat.tools.processes import alive
+from chat.tools.redis_topology import command
+
+pytestmark = pytest.mark.slow
+KEYS = RedisKeys("chat:messages")
+
+
+def masters(cluster) -> dict[int, tuple[int, int]]:
+    """Each master's port -> the slot range it owns (one range per master here)."""
+    port = next(n.port for n in cluster.topology.nodes.values() if alive(n.pid))
+    return {int(entry[2][1]): (int(entry[0]), int(entry[1]))
+            for entry in command(port, "CLUSTER", "SLOTS")}
+
+
+def room_on(owned: tuple[int, int], prefix: str) -> str:
+    for i in range(10_000):
+        room = f"{prefix}-{i}"
+        if owned[0] <= key_slot(KEYS.room_channel(room).encode()) <= owned[1]:
+            return room
+    raise AssertionError("no room name found for the slot range")
+
+
+def node_named(cluster, port: int) -> str:
+    return next(name for name, node in cluster.topology.nodes.items() if node.port == port)
+
+
+async def test_rooms_on_every_master_cross_replicas_each_on_its_shard(
+        cluster_factory, connect, readers):
+    cluster = cluster_factory(replicas=3, mode="pubsub", proxy=False, redis="cluster")
+    r1, r2, r3 = cluster.replicas
+    rooms = [room_on(owned, f"shard{i}") for i, owned in enumerate(masters(cluster).values())]
+    quiet = room_on(next(iter(masters(cluster).values())), "quiet")
+
+    audience = {room: [await readers(r.url, f"{r.server_id}-{room}", room) for r in (r2, r3)]
+                for room in rooms}
+    senders = {room: await connect(r1.url, f"s-{room}", room=room) for room in rooms}
+    lonely = await connect(r2.url, "lonely", room=quiet)  # the quiet room: r1 and r2 only
+    await asyncio.sleep(0.6)  # the arrivals' presence news has gone out
+    heard = await metric(r3.url, "chat_backplane_received")
+
+    acked = {room: [] for room in rooms}
+    for n in range(10):
+        for room, sender in senders.items():
+            ack = await sender.send(f"{room} {n}")
+            assert ack["ok"], ack
+            acked[room].append(ack["seq"])
+    assert (await (await connect(r1.url, "talker", room=quiet)).send("only r1, r2"))["ok"]
+    await lonely.wait_for(lambda: lonely.texts() == ["only r1, r2"])
+
+    for room in rooms:
+        assert acked[room] == list(range(1, 11))
+        for reader in audience[room]:
+            await reader.until(lambda reader=reader: len(reader.seqs) >= 10, timeout=10)
+            assert reader.seqs == acked[room], reader.name
+        check_wire(audience[room], acked[room])
+    # replica-3 has nobody in the quiet room: it heard the three busy rooms
+    # (its readers are there) and nothing of the quiet one.
+    assert await metric(r3.url, "chat_backplane_received") - heard == 30
+    # A newcomer gets the room's history, stored on its shard.
+    late = await connect(r3.url, "late", room=rooms[2])
+    assert [m["seq"] for m in late.welcome["history"]] == acked[rooms[2]]
+    assert late.welcome["presence_count"] >= 3
+
+
+async def test_a_master_killed_loses_no_acked_message(cluster_factory, connect, readers):
+    cluster = cluster_factory(replicas=2, mode="pubsub", proxy=False, redis="cluster")
+    r1, r2 = cluster.replicas
+    owner, owned = next(iter(masters(cluster).items()))
+    room = room_on(owned, "busy")
+    audience = [await readers(r.url, f"{r.server_id}-reader", room) for r in (r1, r2)]
+    sender = await connect(r1.url, "sender", room=room)
+    acks: list[tuple[float, dict]] = []
+    stop = asyncio.Event()
+
+    async def send():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                ack = await sender.sio.call("message", {"text": f"m{n}", "id": f"busy-{n:06}"},
+                                            timeout=5)
+            except TimeoutError:
+                ack = {"ok": False, "error": "no ack"}
+            acks.append((time.monotonic(), ack))
+            await asyncio.sleep(0.12)
+
+    task = asyncio.ensure_future(send())
+    try:
+        await asyncio.sleep(1.0)
+        victim = node_named(cluster, owner)
+        killed_at = time.monotonic()
+        cluster.topology.kill(victim)
+        deadline = killed_at + 60
+        while owner in (now := masters_or_none(cluster)) or len(now) < 3:
+            assert time.monotonic() < deadline, "no failover within 60 s"
+            await asyncio.sleep(0.1)
+        promoted = time.monotonic() - killed_at
+        cluster.topology.restart(victim)  # rejoins as the new master's replica
+        while not (acks and acks[-1][1].get("ok") and acks[-1][0] > killed_at + promoted):
+            assert time.monotonic() < deadline, f"not recovered: last ack {acks[-1][1]}"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await task
+    ok = [ack["seq"] for _, ack in acks if ack.get("ok")]
+    refused = sorted({ack["error"][:40] for _, ack in acks if not ack.get("ok")})
+    first_ok = min(t for t, ack in acks if ack.get("ok") and t > killed_at) - killed_at
+    print(f"\nfailover after {promoted:.2f} s, first ok ack after {first_ok:.2f} s; "
+          f"{len(ok)} acked ok, refused {len(acks) - len(ok)}: {refused}")
+    for replica in cluster.replicas:
+        assert alive(replica.pid), f"{replica.server_id} died"
+    for reader in audience:
+        await reader.until(lambda reader=reader: reader.seqs and reader.seqs[-1] >= max(ok),
+                           timeout=15)
+        assert contiguous(reader.seqs), f"{reader.name}: hole or repeat"
+    check_wire(audience, ok)
+
+
+def masters_or_none(cluster) -> dict:
+    try:
+        return masters(cluster)
+    except Exception:  # the node asked is the one that died
+        return {}
+
+
+def migrate_slot(slot: int, source: int, target: int, others: list[int]) -> None:
+    """Move ``slot`` from the master on port ``source`` to the one on
+    ``target``, keys and all, the way redis-cli --cluster reshard does."""
+    source_id, target_id = command(source, "CLUSTER", "MYID"), command(target, "CLUSTER", "MYID")
+    command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+    while keys := command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
+        command(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
+    for port in (target, source, *others):
+        command(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+
+async def test_a_busy_rooms_slot_migrated_loses_nothing(cluster_factory, connect, readers):
+    cluster = cluster_factory(replicas=2, mode="pubsub", proxy=False, redis="cluster")
+    r1, r2 = cluster.replicas
+    (source, owned), (target, _), (third, _) = masters(cluster).items()
+    room = room_on(owned, "moving")
+    slot = key_slot(KEYS.room_channel(room).encode())
+    audience = [await readers(r.url, f"{r.server_id}-reader", room) for r in (r1, r2)]
+    sender = await connect(r1.url, "sender", room=room)
+    acked: list[int] = []
+    retries = 0
+    stop = asyncio.Event()
+
+    async def send():
+        nonlocal retries
+        n = 0
+        while not stop.is_set():
+            n += 1
+            while True:  # the same id until it is stored: never twice
+                try:
+                    ack = await sender.sio.call("message", {"text": f"m{n}",
+                                                            "id": f"moving-{n:06}"}, timeout=5)
+                except TimeoutError:
+                    ack = {"ok": False}
+                if ack.get("ok"):
+                    acked.append(ack["seq"])
+                    break
+                retries += 1
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+
+    task = asyncio.ensure_future(send())
+    try:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(migrate_slot, slot, source, target, [third])
+        moved_at = len(acked)
+        while len(acked) < moved_at + 10:
+            await asyncio.sleep(0.1)
+        recovered = await metric(r2.url, "chat_messages_recovered")
+        while len(acked) < moved_at + 20:
+            await asyncio.sleep(0.1)
+        await audience[1].until(lambda: audience[1].seqs[-1] >= acked[-1], timeout=15)
+        # Subscriptions followed the slot: the last ten reached replica-2
+        # live, none read back from the history.
+        assert await metric(r2.url, "chat_messages_recovered") == recovered
+    finally:
+        stop.set()
+        await task
+    owner = command(target, "CLUSTER", "COUNTKEYSINSLOT", str(slot))
+    assert owner is not None and int(owner) >= 3  # the room's keys are on the target now
+    print(f"\nslot {slot} moved after {moved_at} messages; {len(acked)} acked, "
+          f"{retries} sends tried again")
+    assert acked == list(range(1, len(acked) + 1))
+    for reader in audience:
+        await reader.until(lambda reader=reader: reader.seqs and reader.seqs[-1] >= acked[-1],
+                           timeout=15)
+        assert contiguous(reader.seqs), f"{reader.name}: hole or repeat"
+    check_wire(audience, acked)
