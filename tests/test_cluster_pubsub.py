@@ -113,18 +113,37 @@ async def test_a_master_killed_loses_no_acked_message(cluster_factory, connect, 
             assert time.monotonic() < deadline, "no failover within 60 s"
             await asyncio.sleep(0.1)
         promoted = time.monotonic() - killed_at
+        # Both replicas subscribe the room again at its new master, by
+        # themselves (before the dead node is back: a restarted node would
+        # serve the old links as a replica of the shard).
+        channel = KEYS.room_channel(room)
+        new_owner = next(port for port, owned in masters(cluster).items()
+                         if owned[0] <= key_slot(channel.encode()) <= owned[1])
+        while listeners_at(new_owner, channel) < 2:
+            assert time.monotonic() < deadline, "the room's channel not subscribed again"
+            await asyncio.sleep(0.05)
+        resubscribed = time.monotonic() - killed_at
         cluster.topology.restart(victim)  # rejoins as the new master's replica
         while not (acks and acks[-1][1].get("ok") and acks[-1][0] > killed_at + promoted):
             assert time.monotonic() < deadline, f"not recovered: last ack {acks[-1][1]}"
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
+        # Subscribed again at the new master: the next ten reach replica-2
+        # live, none read back from the history.
+        recovered, sent = await metric(r2.url, "chat_messages_recovered"), len(acks)
+        while len([a for _, a in acks[sent:] if a.get("ok")]) < 10:
+            await asyncio.sleep(0.1)
+        last = acks[-1][1]["seq"]
+        await audience[1].until(lambda: audience[1].seqs[-1] >= last, timeout=15)
+        assert await metric(r2.url, "chat_messages_recovered") == recovered
     finally:
         stop.set()
         await task
     ok = [ack["seq"] for _, ack in acks if ack.get("ok")]
     refused = sorted({ack["error"][:40] for _, ack in acks if not ack.get("ok")})
     first_ok = min(t for t, ack in acks if ack.get("ok") and t > killed_at) - killed_at
-    print(f"\nfailover after {promoted:.2f} s, first ok ack after {first_ok:.2f} s; "
+    print(f"\nfailover after {promoted:.2f} s, subscribed again after {resubscribed:.2f} s, "
+          f"first ok ack after {first_ok:.2f} s; "
           f"{len(ok)} acked ok, refused {len(acks) - len(ok)}: {refused}")
     for replica in cluster.replicas:
         assert alive(replica.pid), f"{replica.server_id} died"
@@ -133,6 +152,11 @@ async def test_a_master_killed_loses_no_acked_message(cluster_factory, connect, 
                            timeout=15)
         assert contiguous(reader.seqs), f"{reader.name}: hole or repeat"
     check_wire(audience, ok)
+
+
+def listeners_at(port: int, channel: str) -> int:
+    reply = command(port, "PUBSUB", "SHARDNUMSUB", channel)
+    return int(reply[1]) if reply else 0
 
 
 def masters_or_none(cluster) -> dict:
