@@ -27,6 +27,10 @@ PYTEST = [str(ROOT / ".venv" / "bin" / "pytest"), "-q", "-x", "-p", "no:cachepro
 
 # patch name -> pytest selections, each expected to fail with the patch in.
 CATCHERS = {
+    "shards-never-follow-a-failover": [
+        ["tests/test_cluster_pubsub.py", "-k", "master_killed"]],
+    "shards-ignore-a-migrated-slot": [
+        ["tests/test_cluster_pubsub.py", "-k", "migrated"]],
     "subscriber-forgets-its-rooms-after-a-break": [
         ["tests/test_room_channels.py", "-k", "subscribed_again"],
         ["tests/test_failures.py", "-k", "redis_outage and pubsub"]],

@@ -235,3 +235,23 @@ async def test_a_busy_rooms_slot_migrated_loses_nothing(cluster_factory, connect
                            timeout=15)
         assert contiguous(reader.seqs), f"{reader.name}: hole or repeat"
     check_wire(audience, acked)
+
+
+async def test_many_rooms_subscribed_at_once_all_live(cluster_factory, connect, readers):
+    """Thirty rooms entered on one replica at once: their SSUBSCRIBEs go out
+    together (one command per slot: a Cluster refuses channels of several
+    slots in one), and every room is heard live."""
+    cluster = cluster_factory(replicas=2, mode="pubsub", proxy=False, redis="cluster")
+    r1, r2 = cluster.replicas
+    rooms = [f"many-{i}" for i in range(30)]
+    audience = await asyncio.gather(*(readers(r2.url, f"r-{room}", room) for room in rooms))
+    senders = await asyncio.gather(*(connect(r1.url, f"s-{room}", room=room) for room in rooms))
+    await asyncio.sleep(0.6)  # the arrivals' presence news has gone out
+    heard = await metric(r2.url, "chat_backplane_received")
+    recovered = await metric(r2.url, "chat_messages_recovered")
+    for sender in senders:
+        assert (await sender.send("hello"))["ok"]
+    for reader in audience:
+        await reader.until(lambda reader=reader: reader.seqs == [1], timeout=10)
+    assert await metric(r2.url, "chat_backplane_received") - heard == 30
+    assert await metric(r2.url, "chat_messages_recovered") == recovered

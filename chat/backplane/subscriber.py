@@ -36,6 +36,7 @@ import random
 import time
 from collections.abc import Callable
 
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 BATCH = 512  # channels per SUBSCRIBE / UNSUBSCRIBE
@@ -181,9 +182,20 @@ class Subscriber:
                 return
 
     async def _write(self, pubsub, command: str, channels: list[str]) -> None:
-        """Write one command on the subscription connection (no answer is
-        read: Redis confirms each channel with a push the reader sees)."""
-        await pubsub.connection.send_command(command, *channels, check_health=False)
+        """Write ``command`` for ``channels`` on the subscription connection
+        (no answer is read: Redis confirms each channel with a push the reader
+        sees).  One command for all on one Redis; on a Cluster, SSUBSCRIBE
+        takes channels of one slot only, so one command per slot, all sent
+        in one write."""
+        connection = pubsub.connection
+        if not self.sharded or len(channels) < 2:
+            await connection.send_command(command, *channels, check_health=False)
+            return
+        by_slot: dict[int, list[str]] = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
+        packed = connection.pack_commands([(command, *group) for group in by_slot.values()])
+        await connection.send_packed_command(packed, check_health=False)
 
     async def _read(self, pubsub, sync):
         """Yield published payloads, note confirmations, probe a silent link."""

@@ -16,7 +16,9 @@ Printed as JSON:
 * ``survivor_cpu_s``: the survivor's CPU over that time;
 * ``healthz_ms``: the survivor's ``/healthz`` answered every 20 ms all along
   (p50, p99, max): whether it kept answering;
-* the same for everyone leaving: ``unsubscribed_s`` and UNSUBSCRIBE commands.
+* the same for everyone leaving: ``unsubscribed_s`` and UNSUBSCRIBE commands;
+* ``handshakes_tried_again``: connections the replicas dropped during a
+  handshake, which the client (like socket.io's) tried again.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ import redis
 
 from . import serverstats
 from .cluster import LocalCluster, free_port
+from .session import ClientError
 from .sweep import BENCH_ENV
 from .wire import LeanSession
 
 PROBE_EVERY = 0.02
+OPEN_WITHIN = 180  # seconds a connection may wait: 5,000 arrive at once
+OPEN_ATTEMPTS = 5
 
 
 class Returning(LeanSession):
@@ -98,13 +103,26 @@ async def churn(cluster: LocalCluster, clients: int, rooms: int) -> dict:
     survivor, victim = cluster.replicas
     lost: asyncio.Queue = asyncio.Queue()
     limit = asyncio.Semaphore(200)
+    retried = [0]  # handshakes tried again
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        async def open_on(url: str, i: int) -> Returning:
-            session = Returning(url, f"u{i}", f"r{i % rooms}", http, lost=lost)
-            async with limit:
-                await session.open(30)
-            return session
+        async def open_on(url: str, i: int, person: str | None = None) -> Returning:
+            # Like a real client: a refused or broken handshake is tried again.
+            for attempt in range(OPEN_ATTEMPTS):
+                session = Returning(url, f"u{i}", f"r{i % rooms}", http, lost=lost)
+                if person is not None:  # the same person again (open mode: its name is its)
+                    session.person_key = person
+                try:
+                    async with limit:
+                        await session.open(OPEN_WITHIN)
+                    return session
+                except ClientError:
+                    await session.close()
+                    if attempt == OPEN_ATTEMPTS - 1:
+                        raise
+                    retried[0] += 1
+                    await asyncio.sleep(random.uniform(0.5, 1.5))
+            raise AssertionError("unreachable")
 
         sessions = await asyncio.gather(*(open_on(victim.url, i) for i in range(clients)))
         channels = await metric(http, survivor.url, "chat_backplane_channels")
@@ -119,7 +137,7 @@ async def churn(cluster: LocalCluster, clients: int, rooms: int) -> dict:
 
         async def come_back(old: Returning) -> Returning:
             await asyncio.sleep(random.uniform(0.5, 1.5))
-            return await open_on(survivor.url, int(old.name[1:]))
+            return await open_on(survivor.url, int(old.name[1:]), old.person_key)
 
         returning = []
         for _ in range(clients):
@@ -150,6 +168,7 @@ async def churn(cluster: LocalCluster, clients: int, rooms: int) -> dict:
             "unsubscribe_commands": command_calls(cluster.redis_url, "unsubscribe")
             - unsubscribes,
             "healthz_ms": percentiles(probes),
+            "handshakes_tried_again": retried[0],
         }
 
 

@@ -135,7 +135,8 @@ def measured(cluster: LocalCluster, urls: list[str], rate: int, clients: int, se
              duration: float, processes: int, shape: dict) -> dict:
     """One chat-bench run, with the servers' CPU and backplane traffic."""
     replicas = [r.url for r in cluster.replicas]
-    pids = [r.pid for r in cluster.replicas] + [cluster.redis.pid if cluster.redis else None]
+    redis = cluster.topology.pids() if cluster.topology else []
+    pids = [r.pid for r in cluster.replicas] + redis
     samplers = serverstats.cpu_sampler(pids), serverstats.received_sampler(replicas)
     for sampler in samplers:
         sampler.start()
@@ -149,14 +150,17 @@ def measured(cluster: LocalCluster, urls: list[str], rate: int, clients: int, se
 
 
 def sweep(topologies, rates, clients, senders, duration, processes, out: Path,
-          shape_name: str = "one-room") -> list[dict]:
+          shape_name: str = "one-room", redis: str = "single") -> list[dict]:
     results = json.loads(out.read_text()) if out.exists() else []
     shape = SHAPES[shape_name]
     clients, senders = shape.get("clients", clients), shape.get("senders", senders)
     for name in topologies:
+        label = name if redis == "single" or name == "memory" else f"{name} ({redis})"
         results = [r for r in results
-                   if (r["topology"], r.get("shape", "one-room")) != (name, shape_name)]
+                   if (r["topology"], r.get("shape", "one-room")) != (label, shape_name)]
         topology = dict(TOPOLOGIES[name])
+        if topology["mode"] != "memory":
+            topology["redis"] = redis
         if shape["replicas"] and topology["mode"] != "memory":
             topology["replicas"] = shape["replicas"]
         with tempfile.TemporaryDirectory() as state:
@@ -167,7 +171,7 @@ def sweep(topologies, rates, clients, senders, duration, processes, out: Path,
                 for rate in rates:
                     point = measured(cluster, urls, rate, clients, senders, duration,
                                      processes, shape)
-                    point.update(topology=name, target=rate, shape=shape_name)
+                    point.update(topology=label, target=rate, shape=shape_name)
                     results.append(point)
                     out.write_text(json.dumps(results, indent=1) + "\n")
                     ratio = point["delivery_ratio"] or 0.0
@@ -238,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", choices=list(SHAPES), default="one-room",
                         help="the load: one room of --clients, or 250 rooms of 2 on 5 "
                              "replicas (default: %(default)s)")
+    parser.add_argument("--redis", choices=("single", "sentinel", "cluster"), default="single",
+                        help="the Redis the chat runs on (Node's adapter: single only); its "
+                             "every node's CPU counts as the servers'")
     parser.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)),
                         help="offered deliveries/s, comma-separated")
     parser.add_argument("--clients", type=int, default=100)
@@ -276,8 +283,10 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     topologies = args.topology or [t for t in TOPOLOGIES
                                    if args.shape == "one-room" or t != "memory"]
+    if args.redis != "single" and "node" in topologies:
+        parser.error("--redis: Node's Redis adapter runs on one Redis only")
     results = sweep(topologies, rates, args.clients, args.senders, args.duration,
-                    args.processes, args.out, args.shape)
+                    args.processes, args.out, args.shape, args.redis)
     print(table(results))
     return 0
 
