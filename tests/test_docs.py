@@ -89,6 +89,10 @@ def makefile_variables() -> set[str]:
 
 
 LINES = shell_lines()
+# The settings the README's configuration table names (held to chat/settings.py below).
+SETTING_NAMES = set(re.findall(
+    r"`([A-Z][A-Z_]+)`",
+    (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]))
 
 
 def test_the_docs_show_commands():
@@ -98,6 +102,9 @@ def test_the_docs_show_commands():
 @pytest.mark.parametrize(("where", "line"), LINES, ids=[w for w, _ in LINES])
 def test_each_documented_command_is_checked(where, line, monkeypatch):
     argv = words(line)
+    while re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # VAR=value command: a setting the replicas read
+        name = argv.pop(0).split("=", 1)[0]
+        assert name in SETTING_NAMES, f"{where}: {name} is no setting (chat/settings.py)"
     if argv[0] == "make":
         settings = [a for a in argv[1:] if "=" in a]
         unknown = {a.split("=", 1)[0] for a in settings} - makefile_variables() - MAKE_BUILTINS
