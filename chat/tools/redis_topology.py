@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import redis
@@ -99,7 +100,14 @@ class RedisTopology:
         as a master, it would wait up to ten seconds for the sentinels to
         demote it (and WAIT would find no replica meanwhile)."""
         node = self.nodes[name]
-        master = self.master() if self.kind == "sentinel" else None
+        master = None
+        if self.kind == "sentinel":
+            # Ask until a sentinel answers with a live master: a None here
+            # (one sentinel busy, or voting) would start the node as a second
+            # master until the sentinels demote it.
+            deadline = time.monotonic() + 10
+            while (master := self.master()) in (None, name) and time.monotonic() < deadline:
+                time.sleep(0.1)
         if master is not None and master != name:
             args = [a for a in node.args]
             if "--replicaof" in args:
