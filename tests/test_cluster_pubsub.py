@@ -13,7 +13,7 @@ import time
 
 import pytest
 from redis.crc import key_slot
-from wire import check_wire, contiguous, metric
+from wire import check_wire, contiguous, keep_sending, metric
 
 from chat.redis_keys import RedisKeys
 from chat.tools.processes import alive
@@ -90,19 +90,8 @@ async def test_a_master_killed_loses_no_acked_message(cluster_factory, connect, 
     acks: list[tuple[float, dict]] = []
     stop = asyncio.Event()
 
-    async def send():
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                ack = await sender.sio.call("message", {"text": f"m{n}", "id": f"busy-{n:06}"},
-                                            timeout=5)
-            except TimeoutError:
-                ack = {"ok": False, "error": "no ack"}
-            acks.append((time.monotonic(), ack))
-            await asyncio.sleep(0.12)
 
-    task = asyncio.ensure_future(send())
+    task = asyncio.ensure_future(keep_sending(sender, "busy", acks, stop))
     try:
         await asyncio.sleep(1.0)
         victim = node_named(cluster, owner)

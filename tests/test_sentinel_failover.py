@@ -23,7 +23,7 @@ import time
 
 import aiohttp
 import pytest
-from wire import check_wire, contiguous
+from wire import check_wire, contiguous, keep_sending
 
 from chat.tools.processes import alive
 
@@ -54,17 +54,6 @@ async def test_a_sentinel_failover_loses_no_acked_message(cluster_factory, conne
     not_ready: dict[str, list[float]] = {r.server_id: [] for r in cluster.replicas}
     stop = asyncio.Event()
 
-    async def send():
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                ack = await sender.sio.call("message", {"text": f"m{n}", "id": f"failover-{n}"},
-                                            timeout=5)
-            except TimeoutError:
-                ack = {"ok": False, "error": "no ack"}
-            acks.append((time.monotonic(), ack))
-            await asyncio.sleep(0.12)  # within MESSAGE_RATE
 
     async def watch(http):
         while not stop.is_set():
@@ -74,7 +63,8 @@ async def test_a_sentinel_failover_loses_no_acked_message(cluster_factory, conne
             await asyncio.sleep(0.1)
 
     async with aiohttp.ClientSession() as http:
-        tasks = [asyncio.ensure_future(send()), asyncio.ensure_future(watch(http))]
+        tasks = [asyncio.ensure_future(keep_sending(sender, "failover", acks, stop)),
+                 asyncio.ensure_future(watch(http))]
         await asyncio.sleep(1.0)
         old = redis.master()
         assert roles(cluster) == {"redis-1": "master", "redis-2": "replica",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import aiohttp
 import pytest
@@ -186,3 +187,21 @@ async def metric(url: str, name: str) -> float:
         text = await response.text()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name))
+
+
+async def keep_sending(sender, prefix: str, acks: list, stop: asyncio.Event,
+                       every: float = 0.12) -> None:
+    """Send ``m1``, ``m2``... (ids ``prefix-000001``...) through ``sender`` (a
+    ``ChatClient``) until ``stop``, one every ``every`` seconds (within
+    MESSAGE_RATE); each ack goes to ``acks`` as ``(time.monotonic(), ack)``,
+    and a send with no answer as ``{"ok": False, "error": "no ack"}``."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            ack = await sender.sio.call("message", {"text": f"m{n}", "id": f"{prefix}-{n:06}"},
+                                        timeout=5)
+        except TimeoutError:
+            ack = {"ok": False, "error": "no ack"}
+        acks.append((time.monotonic(), ack))
+        await asyncio.sleep(every)
