@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from aiohttp import web
 
@@ -36,11 +37,13 @@ from .history import MemoryHistory, RedisHistory
 from .logs import quiet_accept_errors, setup_logging
 from .metrics import Metrics
 from .presence import MemoryStore, Presence, RedisStore
+from .recovery import Recovery
 from .redis_clients import store_client
 from .redis_keys import RedisKeys
 from .replicas import Registry
 from .routes import setup_routes
 from .server import ChatServer
+from .session_store import MemorySessions, RedisSessions
 from .settings import Settings, load_settings
 
 STOP_STEP = 2.0  # seconds each step of a replica's shutdown may take
@@ -73,8 +76,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     sequencer = manager.sequence(history, logger, settings.catch_up_every)
     presence = Presence(presence_store, ttl=settings.presence_ttl, logger=logger,
                         emit=lambda room, event: sio.emit("presence", event, room=room))
+    recovery = create_recovery(settings, store, history, presence, logger)
+    sio.recovery = recovery
+    manager.offsets = recovery.pid_of
     namespace = ChatNamespace(settings, metrics, logger, history=history,
-                              sequencer=sequencer, presence=presence)
+                              sequencer=sequencer, presence=presence, recovery=recovery)
     sio.register_namespace(namespace)
     roster = setup_admin(sio, namespace, settings, redis=store, logger=logger,
                          key=RedisKeys(settings.redis_channel).admin_watching)
@@ -159,6 +165,7 @@ async def backplane_lifetime(app: web.Application):
     namespace = app[NAMESPACE]
     loops = [asyncio.ensure_future(namespace.sequencer.run()),
              asyncio.ensure_future(namespace.presence.run()),
+             asyncio.ensure_future(namespace.recovery.run()),
              asyncio.ensure_future(app[REGISTRY].run())]
     roster = app[ROSTER]
     if roster is not None:
@@ -174,6 +181,7 @@ async def backplane_lifetime(app: web.Application):
     # which one it was.
     steps = (("presence", namespace.presence.close()),  # the drained clients' departures
              ("replica registry", app[REGISTRY].close()),
+             ("recovery", namespace.recovery.close()),
              ("sequencer", namespace.sequencer.close()),
              ("admin UI", roster.close() if roster else asyncio.sleep(0)),
              ("Engine.IO", sio.shutdown()),
@@ -219,6 +227,17 @@ def create_stores(settings: Settings, relay_host: str | None = None):
                            publish="SPUBLISH" if cluster else "PUBLISH")
     return (client, history,
             RedisStore(client, keys=keys, ttl=settings.presence_ttl))
+
+
+def create_recovery(settings: Settings, store, history, presence, logger) -> Recovery:
+    """Session records for Socket.IO's connection state recovery: in Redis
+    beside the rest when there is one, else in this process."""
+    instance = f"{settings.server_id}:{secrets.token_hex(4)}"
+    sessions = (MemorySessions(instance) if store is None
+                else RedisSessions(store, RedisKeys(settings.redis_channel), instance))
+    return Recovery(sessions, window=settings.recovery_window, history=history,
+                    presence=presence, logger=logger, instance=instance,
+                    limit=settings.history_length)
 
 
 def _cors(settings: Settings):

@@ -46,6 +46,7 @@ import secrets
 import time
 
 import socketio
+from redis.exceptions import RedisError
 
 from .auth import Identities, Identity
 from .backplane import BackplaneUnavailable
@@ -73,6 +74,7 @@ from .protocol import (
     typing_flag,
     within,
 )
+from .recovery import Recovery, Restored, offset
 from .rooms import RoomGate
 from .settings import Settings
 
@@ -96,7 +98,7 @@ def refusal(error: str, **extra) -> dict:
 class Client:
     name: str
     room: str
-    pid: str  # this connection's presence id: random, unlike the sid never shown
+    seat: str  # this connection's presence id: random, unlike the sid never shown
     address: str  # who to count its new rooms against (rooms.py)
     identity: Identity  # the person: user id, name, allowed rooms
     messages: TokenBucket
@@ -105,9 +107,10 @@ class Client:
 
 class ChatNamespace(socketio.AsyncNamespace):
     def __init__(self, settings: Settings, metrics: Metrics, logger: logging.Logger, *,
-                 history, sequencer: Sequencer, presence: Presence,
+                 history, sequencer: Sequencer, presence: Presence, recovery: Recovery,
                  identities: Identities | None = None):
         super().__init__("/")
+        self.recovery = recovery
         self.identities = identities or Identities.from_settings(settings)
         self.settings = settings
         self.metrics = metrics
@@ -160,6 +163,9 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_connect(self, sid, environ, auth=None):
         address = _address(environ)
+        restored = await self.recovery.take(sid, self.server.manager.eio_sid_from_sid(sid, "/"))
+        if restored is not None and await self._resume(sid, restored, auth, address):
+            return
         try:
             room, resume = parse_place(auth)
             identity = self.identities.identify(auth)
@@ -170,22 +176,104 @@ class ChatNamespace(socketio.AsyncNamespace):
         name = identity.name
         s = self.settings
         client = Client(
-            name=name, room=room, pid=secrets.token_hex(6), address=address,
+            name=name, room=room, seat=secrets.token_hex(6), address=address,
             identity=identity, messages=TokenBucket(s.message_rate, s.message_burst),
             typing=TokenBucket(5.0, 10),
         )
+        if self.recovery.wants(auth):
+            self.recovery.new_pid(sid)  # before the welcome, which carries an offset
         try:
-            await self._enter(sid, client, room, resume)
+            state = await self._enter(sid, client, room, resume)
+            if sid in self.recovery.pid_of:
+                await self._keep(self.recovery.opened, sid, client, state)
         except NameTaken as exc:
+            self.recovery.pid_of.pop(sid, None)
             self._refuse(sid, address, exc)
         except BaseException:
-            await self.presence.leave(client.pid)
+            self.recovery.pid_of.pop(sid, None)
+            await self.presence.leave(client.seat)
             raise
         # Registered last: if anything above failed, nothing is left behind.
         self.clients[sid] = client
         self.metrics.connected.inc()
         self.log.info("connect %s name=%r user=%s room=%r from %s%s", sid, name,
                       identity.user, room, address, " (resuming)" if resume else "")
+
+    async def _resume(self, sid, restored: Restored, auth, address: str) -> bool:
+        """Resume a session a stock client came back for (``recovery.py``):
+        its identity, room and presence seat as they were, and the messages
+        it missed, in order, before any live one; no welcome.  False: it
+        cannot be (the caller starts a fresh session)."""
+        record = restored.record
+        if not self.identities.open:
+            # The token must still let this user in: a recovery is no way
+            # around an expiry, and no way into another user's session.
+            try:
+                if not isinstance(auth, dict):
+                    raise ProtocolError('connect with auth {"token": ...}')
+                identity = self.identities.identify(auth)
+            except ProtocolError as exc:
+                await self.recovery.abandon(restored, sid)
+                self._refuse(sid, address, exc)
+            if identity.user != record["user"]:
+                await self.recovery.abandon(restored, sid)
+                return False
+        rooms = record["rooms"]
+        s = self.settings
+        client = Client(
+            name=record["name"], room=record["room"], seat=record["seat"], address=address,
+            identity=Identity(record["user"], record["name"], record["fold"],
+                              None if rooms is None else frozenset(rooms)),
+            messages=TokenBucket(s.message_rate, s.message_burst), typing=TokenBucket(5.0, 10))
+        try:
+            missed = await self._replay(sid, client, restored.position)
+        except NameTaken:
+            missed = None
+        if missed is None:
+            await self.recovery.abandon(restored, sid)
+            return False
+        self.clients[sid] = client
+        self.metrics.connected.inc()
+        self.log.info("connect %s name=%r user=%s room=%r from %s (recovered, %d missed)",
+                      sid, client.name, client.identity.user, client.room, address, missed)
+        return True
+
+    async def _replay(self, sid, client: Client, position: tuple[str, int]) -> int | None:
+        """Seat ``client`` again and send it what its room said after
+        ``position``; the number of messages, or None when the history no
+        longer holds them all (or not within HISTORY_MAX_BYTES)."""
+        who, room = client.identity, client.room
+        # The same seat: a person still (or again) there is not announced.
+        await self.presence.enter(room, client.seat, who.user, who.name, who.fold)
+        epoch, after = position
+        async with self.sequencer.entering(room) as start:
+            try:
+                piece = await self.history.since(room, after, self.settings.history_length)
+            except HistoryUnavailable:
+                return None
+            missed = piece.messages
+            if (resume_gap(piece, epoch, after) is not None
+                    or within(missed, self.settings.history_max_bytes) is not missed):
+                return None
+            start(piece.epoch, piece.last)
+            await self.enter_room(sid, room)
+            for message in missed:
+                await self.emit("message", (message, offset(message)), to=sid,
+                                ignore_queue=True)
+        return len(missed)
+
+    async def _keep(self, write, sid, client: Client, state: dict) -> None:
+        """Write a session's record (``recovery.opened`` / ``moved``): the
+        connection goes on without it if Redis does not answer."""
+        who = client.identity
+        record = {"sid": sid, "seat": client.seat, "user": who.user, "name": who.name,
+                  "fold": who.fold, "rooms": None if who.rooms is None else sorted(who.rooms),
+                  "room": client.room, "epoch": state["epoch"], "seq": state["seq"],
+                  "address": client.address}
+        try:
+            await write(sid, record)
+        except (OSError, RedisError) as exc:
+            self.log.debug("recovery: session of %s not kept: %s", sid, exc)
 
     def _refuse(self, sid, address, exc: Exception):
         self.log.info("refused %s from %s: %s", sid, address, exc)
@@ -200,7 +288,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         carries reaches up to where live messages take over.
         """
         who = client.identity
-        await self.presence.enter(room, client.pid, who.user, who.name, who.fold)
+        await self.presence.enter(room, client.seat, who.user, who.name, who.fold)
         people, online, connections = await self.presence.members(room)
         async with self.sequencer.entering(room) as start:
             state = await self._room_state(room, resume)
@@ -215,6 +303,9 @@ class ChatNamespace(socketio.AsyncNamespace):
                 "presence_connections": connections,
             }
             # The client is on this replica: no need to cross the backplane.
+            # A client that asked for recovery offsets gets where it starts.
+            if sid in self.recovery.pid_of and state["epoch"] is not None:
+                welcome = (welcome, offset(state))
             await self.emit("welcome", welcome, to=sid, ignore_queue=True)
         return state
 
@@ -251,7 +342,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             return
         self.metrics.connected.dec()
         self.log.info("disconnect %s name=%r (%s)", sid, client.name, reason)
-        await self.presence.leave(client.pid)
+        try:
+            if await self.recovery.closed(sid, reason):
+                return  # parked: its seat stays while its client may come back
+        except (OSError, RedisError) as exc:
+            self.log.debug("recovery: cannot park %s: %s", sid, exc)
+        await self.presence.leave(client.seat)
 
     async def on_message(self, sid, payload):
         started = time.perf_counter()
@@ -331,7 +427,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         if room == old:  # nothing changes, and the answer has the same form
             return {"ok": True, "room": room, **await self._room_state(room, resume)}
         await self.leave_room(sid, old)
-        await self.presence.leave(client.pid)
+        await self.presence.leave(client.seat)
         try:
             state = await self._enter(sid, client, room, resume)
         except Exception as exc:
@@ -339,11 +435,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             if not isinstance(exc, NameTaken):
                 self.log.exception("join %s %r -> %r failed", sid, old, room)
             await self.leave_room(sid, room)
-            await self.presence.leave(client.pid)
+            await self.presence.leave(client.seat)
             await self._enter(sid, client, old, None)
             why = f"{exc}" if isinstance(exc, NameTaken) else f"could not join {room!r}"
             return refusal(f"{why}: you are still in {old!r}")
         self.log.info("join %s name=%r %r -> %r", sid, client.name, old, room)
+        await self._keep(self.recovery.moved, sid, client, state)
         return {"ok": True, "room": room, **state}
 
     async def on_history(self, sid, payload):

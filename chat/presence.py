@@ -56,7 +56,7 @@ from redis.exceptions import RedisError
 from .presence_store import ARRIVED, REFUSED, MemoryStore, RedisStore, Seat, entry, person
 from .protocol import ProtocolError
 
-__all__ = ["MemoryStore", "NameTaken", "Presence", "RedisStore"]
+__all__ = ["MemoryStore", "NameTaken", "Presence", "RedisStore", "Seat", "entry"]
 
 BATCH = 0.25  # seconds of changes per room gathered into one presence event
 # The most entries a welcome or a presence answer lists.  Every member of a
@@ -121,6 +121,28 @@ class Presence:
             self.log.debug("presence: %s", exc)
             left = True  # a wrong guess is repaired by the clients' count check
         if left:
+            who = person(seat.person)
+            self._changed(room, left={who["id"]: who["name"]})
+
+    # -- seats of parked sessions (recovery.py) ------------------------------
+    def park(self, conn: str) -> tuple[str | None, Seat | None]:
+        """Hand ``conn``'s seat over to the recovery, which keeps it while
+        its client may come back (:meth:`hold`) or gives it up (:meth:`release`)."""
+        return self._forget(conn)
+
+    async def hold(self, seats: list[tuple[str, Seat]]) -> None:
+        """Push on the expiry of parked seats, as the refresh does for live ones."""
+        now = time.time()
+        rooms: dict[str, list[Seat]] = {}
+        for room, seat in seats:
+            rooms.setdefault(room, []).append(seat)
+        for room, held in rooms.items():
+            await self.store.add_many(room, held, now + self.ttl, now)
+
+    async def release(self, room: str, seat: Seat) -> None:
+        """A parked seat's session ended: it leaves, announced if it was the
+        person's last connection."""
+        if await self.store.remove(room, seat):
             who = person(seat.person)
             self._changed(room, left={who["id"]: who["name"]})
 

@@ -22,6 +22,9 @@ default), so two chats can share one Redis without meeting.  For a room R::
     C:api:idem:K         string   the HTTP API's first answer to Idempotency-Key K
                                   (K: a hash of the API key and the header), 24 h
     C:replicas           hash     server id -> its health (replicas.py)
+    C:session:P          string   the recoverable session of private id P
+                                  (session_store.py), the recovery window
+    C:alive:I            string   replica instance I is running, 2 s (session_store.py)
 
 ``{R}`` is the room's *hash tag* (:func:`hash_tag`): Redis Cluster places a
 key, and a shard channel, by the text between its first ``{`` and the next
@@ -95,6 +98,12 @@ class RedisKeys:
     @property
     def admin_watching(self) -> str:
         return f"{self.prefix}:admin:watching"
+
+    def session(self, pid: str) -> str:
+        return f"{self.prefix}:session:{pid}"
+
+    def alive(self, instance: str) -> str:
+        return f"{self.prefix}:alive:{instance}"
 
     def api_answer(self, key: str) -> str:
         return f"{self.prefix}:api:idem:{key}"

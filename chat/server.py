@@ -31,11 +31,14 @@ Hardening, in the order a packet meets it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import socketio
 from aiohttp import web
 from engineio import async_socket
 from engineio.async_drivers import aiohttp as eio_aiohttp
+from redis.exceptions import RedisError
+from socketio import packet as sio_packet
 
 from .guard import GuardedSocket, shut
 from .logs import ClientLog, client_address
@@ -161,6 +164,7 @@ class ChatServer(socketio.AsyncServer):
         self.eio.refuse_client = self.refuse
         self.client_log = ClientLog(self.logger)
         self._closing: set[asyncio.Task] = set()
+        self.recovery = None  # chat.recovery.Recovery, set by the app
 
     async def _handle_eio_connect(self, eio_sid, environ):
         socket = self.eio.sockets.get(eio_sid)
@@ -174,7 +178,22 @@ class ChatServer(socketio.AsyncServer):
         return await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_connect(self, eio_sid, namespace, data):
-        await super()._handle_connect(eio_sid, namespace, data)
+        # A stock client coming back presents its session (recovery.py):
+        # claimed before the library draws a sid, so that it can keep its old one.
+        recovery = self.recovery
+        if (recovery is not None and recovery.enabled and isinstance(data, dict)
+                and "pid" in data and (namespace or "/") == "/"):
+            try:
+                await recovery.claim(data.get("pid"), data.get("offset"), eio_sid)
+            except (OSError, RedisError) as exc:
+                self.logger.debug("recovery: cannot claim a session: %s", exc)
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            unused = recovery.pending.pop(eio_sid, None) if recovery is not None else None
+            if unused is not None:  # refused, or never reached the handler
+                with contextlib.suppress(OSError, RedisError):
+                    await recovery.abandon(unused, None)
         await self._disconnect_if_gone(eio_sid, namespace or "/")
         # python-socketio keeps each connection's WSGI-style environ (every
         # request header, about 2 KB) for as long as it lives; the chat
@@ -191,6 +210,11 @@ class ChatServer(socketio.AsyncServer):
         return socket is None or socket.closed
 
     async def _send_packet(self, eio_sid, pkt):
+        if (pkt.packet_type == sio_packet.CONNECT and self.recovery is not None
+                and isinstance(pkt.data, dict)):
+            pid = self.recovery.pid_of.get(pkt.data.get("sid"))
+            if pid is not None:  # the private session id a stock client keeps
+                pkt.data = {**pkt.data, "pid": pid}
         # A session that closed while connecting is still sent its welcome
         # and CONNECT; Engine.IO would log a warning for each.
         if not self._gone(eio_sid):

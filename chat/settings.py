@@ -73,6 +73,10 @@ class Settings:
     # the users of a replica that stops refreshing vanish after at most this
     # long (plus one refresh period).
     presence_ttl: float = 15.0
+    # Socket.IO's connection state recovery (chat/recovery.py): how long a
+    # stock client that lost its connection may come back to its session,
+    # on any replica, with what it missed.  0 turns it off.
+    recovery_window: float = 120.0
     # Redis connections each of a replica's two Redis clients (storage, and
     # the backplane) may hold; more concurrent operations wait for one.
     redis_max_connections: int = 32
@@ -336,6 +340,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                   minimum=1024),
         max_queued_bytes=_number(env, "MAX_QUEUED_BYTES", d.max_queued_bytes, minimum=1024),
         presence_ttl=_number(env, "PRESENCE_TTL", d.presence_ttl, kind=float, minimum=1),
+        recovery_window=_number(env, "RECOVERY_WINDOW", d.recovery_window, kind=float),
         redis_max_connections=_number(env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections,
                                       minimum=2),
         rooms_per_minute=_number(env, "ROOMS_PER_MINUTE", d.rooms_per_minute, minimum=1),

@@ -11,6 +11,7 @@ from socketio import packet as sio_packet
 
 from ..delivery import Sequencer
 from ..metrics import Metrics
+from ..recovery import offset
 from ..server import text_frame
 
 
@@ -30,17 +31,34 @@ class Observed:
         super().__init__(*args, **kwargs)
         self.metrics = metrics
         self.sequencer: Sequencer | None = None
+        # sid -> pid of the connections that asked for offsets (recovery.py).
+        self.offsets: dict[str, str] = {}
+
+    async def pre_connect(self, eio_sid, namespace):
+        """A connection whose session was claimed for it (``recovery.py``)
+        gets its old sid back; the library draws a new one otherwise."""
+        recovery = getattr(self.server, "recovery", None)
+        restored = recovery.pending.get(eio_sid) if recovery is not None else None
+        sid = restored.record["sid"] if restored is not None else None
+        if sid is None or namespace != "/" or sid in self.rooms.get("/", {}).get(None, {}):
+            # (A sid still known here is a fresh session: recovery.take.)
+            return await super().pre_connect(eio_sid, namespace)
+        eio = self.server.eio
+        eio.generate_id = lambda: sid  # the library's one way to name a sid
+        try:  # (no await inside: nothing else can draw a sid meanwhile)
+            return await super().pre_connect(eio_sid, namespace)
+        finally:
+            del eio.generate_id
 
     def sequence(self, history, logger, catch_up_every: float = 1.0) -> Sequencer:
         """Deliver numbered chat messages through a :class:`Sequencer`
         (``chat.delivery``): in order, once, with holes filled from
         ``history``."""
         async def write(room, message):
-            packet = message.get("packet")  # as it came off a room channel
-            if packet is not None:
-                await self._write_packet(packet, "/", room, None, counted=True)
-            else:
-                await self._deliver("message", [message], "/", room, None)
+            # As it came off a room channel, or encoded here once for all.
+            packet = message.get("packet") or self._encode("message", [message], "/")
+            await self._write_packet(packet, "/", room, None, counted=True,
+                                     offset=offset(message))
 
         def occupied(room) -> bool:
             return bool(self.rooms.get("/", {}).get(room))
@@ -92,15 +110,16 @@ class Observed:
                                         counted=event == "message")
 
     async def _write_packet(self, encoded: str, namespace, room, skip_sid, *,
-                            counted: bool) -> int:
+                            counted: bool, offset: str | None = None) -> int:
         """Write an encoded Socket.IO packet to this replica's sockets in
         ``room``: its WebSocket frame is built once and written straight to
         each idle WebSocket (``UncompressedWebSocket.write`` in
         ``chat/server.py``); other sockets get it through their send queue,
         in a plain loop (a queue put does not block).  ``counted``: a chat
-        message, for the metrics."""
-        frame = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        wire = None  # the WebSocket frame, built for the first direct write
+        message, for the metrics.  ``offset``: its recovery offset, an extra
+        last argument for the connections in :attr:`offsets`."""
+        plain = Variant(encoded)
+        marked = Variant(f'{encoded[:-1]},"{offset}"]') if offset and self.offsets else None
         now = time.time()
         skip = skip_sid if isinstance(skip_sid, list | tuple) else (skip_sid,)
         sockets = self.server.eio.sockets
@@ -109,16 +128,14 @@ class Observed:
             socket = sockets.get(eio_sid)
             if sid in skip or socket is None or socket.closed:
                 continue
+            variant = marked if marked is not None and sid in self.offsets else plain
             direct = getattr(socket, "direct", None)
-            if direct is not None:
-                if wire is None:
-                    wire = text_frame(frame.encode())
-                if direct.write(wire, socket, now):
-                    sent += 1
-                    direct_writes += 1
-                    continue
+            if direct is not None and direct.write(variant.wire(), socket, now):
+                sent += 1
+                direct_writes += 1
+                continue
             try:
-                await socket.send(frame)
+                await socket.send(variant.frame)
             except SocketIsClosedError:  # closed since: nothing to deliver
                 continue
             sent += 1
@@ -162,3 +179,19 @@ class Observed:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+class Variant:
+    """One form of a packet for :meth:`Observed._write_packet`: its Engine.IO
+    packet, and its WebSocket frame built on first use, once for all."""
+
+    __slots__ = ("_wire", "frame")
+
+    def __init__(self, encoded: str):
+        self.frame = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = text_frame(self.frame.encode())
+        return self._wire
