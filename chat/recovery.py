@@ -137,11 +137,12 @@ class Recovery:
             return False
         record = jsonio.loads_own(text)
         parked = self._text(record, "parked")
+        claimed = not await self.store.swap(pid, text, parked, self.window)
         room, seat = self.presence.park(record["seat"])
-        if not await self.store.swap(pid, text, parked, self.window):
-            return True  # claimed elsewhere already: that replica holds the seat now
-        if room is not None:
+        if not claimed and room is not None:
             self.parked[pid] = (parked, room, seat)
+        # Claimed elsewhere already (this replica stalled): that replica
+        # holds the seat now.
         return True
 
     def _text(self, record: dict, state: str) -> str:
