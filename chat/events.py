@@ -165,7 +165,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         address = _address(environ)
         restored = await self.recovery.take(sid, self.server.manager.eio_sid_from_sid(sid, "/"))
         if restored is not None and await self._resume(sid, restored, auth, address):
+            self.metrics.sessions_recovered.inc()
             return
+        if isinstance(auth, dict) and "pid" in auth and self.recovery.enabled:
+            self.metrics.sessions_not_recovered.inc()
         try:
             room, resume = parse_place(auth)
             identity = self.identities.identify(auth)

@@ -65,6 +65,12 @@ class Metrics:
             "chat_messages_recovered",
             "Chat messages this replica read back from a room's history because "
             "the live path did not bring them (gap filled)")
+        self.sessions_recovered = counter(
+            "chat_sessions_recovered",
+            "Stock clients that came back to their session (connection state recovery)")
+        self.sessions_not_recovered = counter(
+            "chat_sessions_not_recovered",
+            "Connections that presented a session id and got a fresh session instead")
         self.duplicates = counter(
             "chat_messages_duplicates", "Chat messages dropped because already delivered")
         self.history_failures = counter(
