@@ -205,6 +205,16 @@ class ChatServer(socketio.AsyncServer):
             environ.clear()
             environ.update(kept)
 
+    async def _handle_eio_disconnect(self, eio_sid, reason):
+        # Engine.IO names its own CLOSE packet (a long-polling client whose
+        # engine shut) "client disconnect", as Socket.IO's DISCONNECT is
+        # named; only the latter is a goodbye.  A client that says goodbye
+        # sends DISCONNECT first, so whatever is still connected here lost
+        # its transport, and may come back to its session (recovery.py).
+        if reason == self.reason.CLIENT_DISCONNECT:
+            reason = self.reason.TRANSPORT_CLOSE
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
     def _gone(self, eio_sid) -> bool:
         socket = self.eio.sockets.get(eio_sid)
         return socket is None or socket.closed
