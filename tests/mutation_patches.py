@@ -62,6 +62,13 @@ CATCHERS = {
         ["tests/test_names.py", "-k", "confusable"]],
     "api-retry-posts-again": [
         ["tests/test_api.py", "-k", "retried"]],
+    "recovery-claims-a-live-session": [
+        ["tests/test_recovery_sessions.py", "-k", "live_session"],
+        ["tests/test_recovery.py", "-k", "forged and pubsub"]],
+    "recovery-replays-from-one-too-far": [
+        ["tests/test_recovery.py", "-k", "replica_dies and pubsub and websocket"]],
+    "recovery-parks-nothing": [
+        ["tests/test_recovery.py", "-k", "client_closed and socketio and polling"]],
 }
 
 

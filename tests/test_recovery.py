@@ -232,13 +232,17 @@ async def test_a_forged_or_reused_pid_gets_a_fresh_session(cluster_factory, conn
     await lia.until(lambda: set(missed) <= set(lia.seqs(room)) or len(lia.events("welcome")) > 1,
                     10, "the missed messages or a welcome")
 
-    # lia is live again: her pid, presented by someone else, is worth nothing.
+    # lia is live again: her pid, presented by someone else, is worth
+    # nothing, on her replica or on the other one.
     now = await lia.state()
-    ivan = await stock("ivan")
-    reused = await ivan.connect(cluster.url, room, pid=now["pid"], offset=now["offset"])
-    await within(lambda: ivan.events("welcome"), 5)
+    reusers = []
+    for n, replica in enumerate(cluster.replicas):
+        ivan = await stock(f"ivan{n}")
+        reusers.append((ivan, await ivan.connect(replica.url, room, pid=now["pid"],
+                                                 offset=now["offset"])))
+        await within(lambda ivan=ivan: ivan.events("welcome"), 5)
     after = (await sam.send("after"))["seq"]
-    for client in (lia, ivan):
+    for client in (lia, *(ivan for ivan, _ in reusers)):
         await client.until(lambda c=client: after in c.seqs(room), 5, "the next message")
     end = await lia.state()
 
@@ -251,10 +255,10 @@ async def test_a_forged_or_reused_pid_gets_a_fresh_session(cluster_factory, conn
         "lia: recovered": back["recovered"],
         "lia: same id": back["id"] == first["id"],
         "lia: missed": sorted(set(missed) - set(lia.seqs(room))),
-        "reused: recovered": reused["recovered"],
-        "reused: new id": reused["id"] != first["id"],
-        "reused: welcomes": len(ivan.events("welcome")),
-        "reused: replayed": [s for s in ivan.seqs(room) if s != after],
+        "reused: recovered": [c["recovered"] for _, c in reusers],
+        "reused: new id": [c["id"] != first["id"] for _, c in reusers],
+        "reused: welcomes": [len(i.events("welcome")) for i, _ in reusers],
+        "reused: replayed": [[s for s in i.seqs(room) if s != after] for i, _ in reusers],
         "lia still there": (end["connected"], end["id"] == first["id"],
                             len(lia.of("disconnect"))),
     }, {
@@ -262,8 +266,8 @@ async def test_a_forged_or_reused_pid_gets_a_fresh_session(cluster_factory, conn
         "forged: new id": [True] * len(forged), "forged: welcomes": [1] * len(forged),
         "forged: replayed": [[]] * len(forged),
         "lia: recovered": True, "lia: same id": True, "lia: missed": [],
-        "reused: recovered": False, "reused: new id": True, "reused: welcomes": 1,
-        "reused: replayed": [],
+        "reused: recovered": [False] * 2, "reused: new id": [True] * 2,
+        "reused: welcomes": [1] * 2, "reused: replayed": [[]] * 2,
         "lia still there": (True, True, 1),
     })
 
