@@ -81,16 +81,19 @@ class Sequencer:
     async def entering(self, room: str):
         """Hold ``room``'s line while a client is given its history and
         joins; yield a function ``start(epoch, last)`` to call with the
-        position of the history it was given (epoch None: unknown)."""
+        position of the history it was given (epoch None: unknown).  It
+        returns where the line stands then, ``(epoch, last written)``: the
+        live messages the client gets are the ones after that."""
         line = self.lines.setdefault(room, Line())
         async with line.lock:
             alone = not self.occupied(room)
 
-            def start(epoch: str | None, last: int) -> None:
+            def start(epoch: str | None, last: int) -> tuple[str | None, int]:
                 # Members already here set the pace; a first member starts
                 # the line where its history ends.
                 if alone or line.cursor.epoch is None:
                     line.restart(epoch, last)
+                return line.cursor.epoch, line.cursor.seq
 
             yield start
 

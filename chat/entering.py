@@ -98,11 +98,19 @@ class Entrance:
                 piece = await self.history.since(room, after, self.settings.history_length)
             except HistoryUnavailable:
                 return None
-            missed = piece.messages
             if (resume_gap(piece, epoch, after) is not None
-                    or within(missed, self.settings.history_max_bytes) is not missed):
+                    or within(piece.messages, self.settings.history_max_bytes)
+                    is not piece.messages):
                 return None
-            start(piece.epoch, piece.last)
+            # The line writes what comes after where it stands to every
+            # member: the replay stops there, and when the line is behind
+            # what the client saw, the client skips the line's next ones.
+            line_epoch, line_seq = start(piece.epoch, piece.last)
+            if line_epoch != piece.epoch:
+                return None
+            missed = [m for m in piece.messages if m["seq"] <= line_seq]
+            if line_seq < after:
+                self.server.manager.holdback[sid] = (epoch, after)
             await self.enter_room(sid, room)
             for message in missed:
                 await self.emit("message", (message, offset(message)), to=sid,

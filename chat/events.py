@@ -199,6 +199,7 @@ class ChatNamespace(Entrance, socketio.AsyncNamespace):
         if client is None:
             return
         self.metrics.connected.dec()
+        self.server.manager.holdback.pop(sid, None)
         self.log.info("disconnect %s name=%r (%s)", sid, client.name, reason)
         try:
             if await self.recovery.closed(sid, reason):

@@ -113,8 +113,8 @@ class Recovery:
         """Write the live record of ``sid``'s session (its pid is issued)."""
         pid = self.pid_of[sid]
         text = self._text(record, "live")
-        self.live[pid] = text
         await self.store.put(pid, text, self.window + 2 * self.period)
+        self.live[pid] = text  # (not if Redis did not take it: nothing to keep)
 
     async def moved(self, sid: str, record: dict) -> None:
         """The connection changed room: its record says where it is now."""
@@ -137,12 +137,16 @@ class Recovery:
             return False
         record = jsonio.loads_own(text)
         parked = self._text(record, "parked")
-        claimed = not await self.store.swap(pid, text, parked, self.window)
+        if not await self.store.swap(pid, text, parked, self.window):
+            # Claimed elsewhere already (this replica stalled): that replica
+            # holds the seat now.  Or gone (Redis lost it): a goodbye.
+            if await self.store.get(pid) is None:
+                return False
+            self.presence.park(record["seat"])
+            return True
         room, seat = self.presence.park(record["seat"])
-        if not claimed and room is not None:
+        if room is not None:
             self.parked[pid] = (parked, room, seat)
-        # Claimed elsewhere already (this replica stalled): that replica
-        # holds the seat now.
         return True
 
     def _text(self, record: dict, state: str) -> str:

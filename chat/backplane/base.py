@@ -33,6 +33,9 @@ class Observed:
         self.sequencer: Sequencer | None = None
         # sid -> pid of the connections that asked for offsets (recovery.py).
         self.offsets: dict[str, str] = {}
+        # sid -> (epoch, the last number it has): a recovered session that
+        # saw more of its room than this replica has written yet (entering.py).
+        self.holdback: dict[str, tuple[str, int]] = {}
 
     async def pre_connect(self, eio_sid, namespace):
         """A connection whose session was claimed for it (``recovery.py``)
@@ -58,7 +61,8 @@ class Observed:
             # As it came off a room channel, or encoded here once for all.
             packet = message.get("packet") or self._encode("message", [message], "/")
             await self._write_packet(packet, "/", room, None, counted=True,
-                                     offset=offset(message))
+                                     offset=offset(message),
+                                     number=(message["epoch"], message["seq"]))
 
         def occupied(room) -> bool:
             return bool(self.rooms.get("/", {}).get(room))
@@ -110,14 +114,16 @@ class Observed:
                                         counted=event == "message")
 
     async def _write_packet(self, encoded: str, namespace, room, skip_sid, *,
-                            counted: bool, offset: str | None = None) -> int:
+                            counted: bool, offset: str | None = None,
+                            number: tuple[str, int] | None = None) -> int:
         """Write an encoded Socket.IO packet to this replica's sockets in
         ``room``: its WebSocket frame is built once and written straight to
         each idle WebSocket (``UncompressedWebSocket.write`` in
         ``chat/server.py``); other sockets get it through their send queue,
         in a plain loop (a queue put does not block).  ``counted``: a chat
         message, for the metrics.  ``offset``: its recovery offset, an extra
-        last argument for the connections in :attr:`offsets`."""
+        last argument for the connections in :attr:`offsets`; ``number``: its
+        ``(epoch, seq)``, for the connections in :attr:`holdback`."""
         plain = Variant(encoded)
         marked = Variant(f'{encoded[:-1]},"{offset}"]') if offset and self.offsets else None
         now = time.time()
@@ -128,6 +134,11 @@ class Observed:
             socket = sockets.get(eio_sid)
             if sid in skip or socket is None or socket.closed:
                 continue
+            if self.holdback and sid in self.holdback and number is not None:
+                held = self.holdback[sid]
+                if number[0] == held[0] and number[1] <= held[1]:
+                    continue  # it has this one already
+                del self.holdback[sid]
             variant = marked if marked is not None and sid in self.offsets else plain
             direct = getattr(socket, "direct", None)
             if direct is not None and direct.write(variant.wire(), socket, now):
