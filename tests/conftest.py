@@ -8,7 +8,11 @@ Nothing here touches the Redis on port 6379.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
+import time
 
 import aiohttp
 import pytest
@@ -16,7 +20,7 @@ import socketio
 from wire import Reader
 
 from chat.tools import redis_topology
-from chat.tools.cluster import LocalCluster, RedisProcess, free_port
+from chat.tools.cluster import ROOT, LocalCluster, RedisProcess, free_port, http_ok, stop_pid
 
 
 @pytest.fixture
@@ -244,3 +248,24 @@ async def readers():
             return reader
         yield open_reader
         await asyncio.gather(*(r.close() for r in opened), return_exceptions=True)
+
+
+@pytest.fixture
+def single_node(tmp_path):
+    """``python -m chat`` as a newcomer runs it: no Redis, one port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    with open(tmp_path / "chat.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "chat", "--port", str(port)], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not http_ok(f"{url}/healthz") and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "chat.log").read_text()
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop_pid(proc.pid)
+        proc.wait()

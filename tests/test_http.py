@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from chat.tools.cluster import ROOT, free_port, http_ok, stop_pid
+from chat.tools.cluster import stop_pid
 
 
 def get(url: str) -> tuple[int, str]:
@@ -31,27 +28,6 @@ def wait_status(url: str, status: int, timeout: float) -> float:
             return time.monotonic() - start
         time.sleep(0.05)
     pytest.fail(f"{url} did not answer {status} within {timeout} s")
-
-
-@pytest.fixture
-def single_node(tmp_path):
-    """``python -m chat`` as a newcomer runs it: no Redis, one port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
-    with open(tmp_path / "chat.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chat", "--port", str(port)], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while not http_ok(f"{url}/healthz") and time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "chat.log").read_text()
-            time.sleep(0.05)
-        yield url
-    finally:
-        stop_pid(proc.pid)
-        proc.wait()
 
 
 async def test_python_m_chat_is_a_working_chat_without_redis(single_node, connect):

@@ -137,6 +137,26 @@ async def test_a_transport_the_client_closed_gets_its_session_back(
     judge_recovery(lia, first, back, room, acked, sam, since)
 
 
+async def test_one_node_without_redis_keeps_sessions_in_memory(single_node, connect, stock):
+    """``python -m chat`` alone (no Redis): the session records live in
+    the process, and a closed transport comes back the same way."""
+    room = new_room()
+    lia = await stock("lia")
+    first = await lia.connect(single_node, room)
+    sam = await connect(single_node, "sam", room=room)
+    async with talking(sam, "alone") as acks:
+        await until(lambda: len(lia.seqs(room)) >= 3, 10, "lia hearing sam")
+        since = len(sam.presence)
+        await lia.go_away()
+        await more_acks(acks, 5, "sam talking while lia is away")
+        back = await lia.come_back()
+        await more_acks(acks, 5, "sam talking after lia's return")
+    acked = ok_seqs(acks)
+    await lia.until(lambda: acked[-1] in lia.seqs(room), 10, "the last acked message")
+    await asyncio.sleep(SETTLE)
+    judge_recovery(lia, first, back, room, acked, sam, since)
+
+
 async def test_after_the_window_a_returning_client_gets_a_fresh_session(
         cluster_factory, connect, stock, mode):
     cluster = cluster_factory(replicas=2, mode=mode,
