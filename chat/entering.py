@@ -46,25 +46,28 @@ class Client:
 class Entrance:
     """The namespace's ways into a room (see the module's docstring)."""
 
-    async def _resume(self, sid, restored: Restored, auth, address: str) -> bool:
+    def admits(self, record: dict, auth) -> bool:
+        """Whether this CONNECT may take up the session ``record`` holds
+        (asked before it is claimed).  With signed identities its token must
+        still admit the same user into the same room: a recovery is no way
+        around an expiry, and no way into another user's session."""
+        if self.identities.open:
+            return True  # the pid is the proof, as with Socket.IO's own
+        try:
+            if not isinstance(auth, dict):
+                return False
+            identity = self.identities.identify(auth)
+            identity.may_enter(record["room"])
+        except ProtocolError:
+            return False
+        return identity.user == record["user"]
+
+    async def _resume(self, sid, restored: Restored, address: str) -> bool:
         """Resume a session a stock client came back for (``recovery.py``):
         its identity, room and presence seat as they were, and the messages
         it missed, in order, before any live one; no welcome.  False: it
         cannot be (the caller starts a fresh session)."""
         record = restored.record
-        if not self.identities.open:
-            # The token must still let this user in: a recovery is no way
-            # around an expiry, and no way into another user's session.
-            try:
-                if not isinstance(auth, dict):
-                    raise ProtocolError('connect with auth {"token": ...}')
-                identity = self.identities.identify(auth)
-            except ProtocolError as exc:
-                await self.recovery.abandon(restored, sid)
-                self._refuse(sid, address, exc)
-            if identity.user != record["user"]:
-                await self.recovery.abandon(restored, sid)
-                return False
         rooms = record["rooms"]
         s = self.settings
         client = Client(

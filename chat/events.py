@@ -152,7 +152,7 @@ class ChatNamespace(Entrance, socketio.AsyncNamespace):
     async def on_connect(self, sid, environ, auth=None):
         address = _address(environ)
         restored = await self.recovery.take(sid, self.server.manager.eio_sid_from_sid(sid, "/"))
-        if restored is not None and await self._resume(sid, restored, auth, address):
+        if restored is not None and await self._resume(sid, restored, address):
             self.metrics.sessions_recovered.inc()
             return
         if isinstance(auth, dict) and "pid" in auth and self.recovery.enabled:

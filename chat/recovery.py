@@ -46,6 +46,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 from . import jsonio
 from .history import HistoryUnavailable, resume_gap
@@ -153,9 +154,11 @@ class Recovery:
         return jsonio.dumps({**record, "owner": self.instance, "state": state})
 
     # -- a client comes back ------------------------------------------------
-    async def claim(self, pid, offset_text, eio_sid: str) -> Restored | None:
+    async def claim(self, pid, offset_text, eio_sid: str,
+                    admits: Callable[[dict], bool] = lambda record: True) -> Restored | None:
         """Take the session ``pid`` names for this replica, or None (a fresh
-        session): unknown, held by a live connection, or beyond what the
+        session): unknown, held by a live connection, not for this client
+        (``admits``: its token names another user), or beyond what the
         room's history still holds."""
         if not self.enabled or not isinstance(pid, str) or not PID.match(pid):
             return None
@@ -176,6 +179,8 @@ class Recovery:
                         return None
                     await asyncio.sleep(BEAT / 2)
                     continue
+            if not admits(record):
+                return None
             position = self._position(record, offset_text)
             if not await self._history_reaches(record["room"], position):
                 return None

@@ -183,8 +183,10 @@ class ChatServer(socketio.AsyncServer):
         recovery = self.recovery
         if (recovery is not None and recovery.enabled and isinstance(data, dict)
                 and "pid" in data and (namespace or "/") == "/"):
+            namespace_handler = self.namespace_handlers.get("/")
             try:
-                await recovery.claim(data.get("pid"), data.get("offset"), eio_sid)
+                await recovery.claim(data.get("pid"), data.get("offset"), eio_sid,
+                                     lambda record: namespace_handler.admits(record, data))
             except (OSError, RedisError) as exc:
                 self.logger.debug("recovery: cannot claim a session: %s", exc)
         try:

@@ -27,6 +27,7 @@ import asyncio
 import secrets
 import time
 
+import jwt
 import pytest
 import socketio
 from stock import (
@@ -155,6 +156,45 @@ async def test_one_node_without_redis_keeps_sessions_in_memory(single_node, conn
     await lia.until(lambda: acked[-1] in lia.seqs(room), 10, "the last acked message")
     await asyncio.sleep(SETTLE)
     judge_recovery(lia, first, back, room, acked, sam, since)
+
+
+async def test_with_signed_identities_only_the_same_user_gets_the_session(
+        cluster_factory, connect, stock, mode):
+    """A recovery is no way into another user's session: the pid comes
+    with a token, which must still admit the user who held it."""
+    secret = "recovery-secret-for-tests-0123456789abcdef"
+
+    def token(sub: str) -> str:
+        return jwt.encode({"sub": sub, "name": sub, "exp": int(time.time()) + 600}, secret)
+
+    cluster = cluster_factory(replicas=2, mode=mode, env={**ENV, "AUTH_JWT_SECRET": secret})
+    room = new_room()
+    lia = await stock("lia")
+    first = await lia.connect(cluster.url, room, auth={"token": token("lia"), "room": room})
+    sam = await connect(cluster.replicas[0].url, "sam", auth={"token": token("sam"),
+                                                              "room": room})
+    seq = (await sam.send("before"))["seq"]
+    await lia.until(lambda: seq in lia.seqs(room), 5, "lia hearing sam")
+    held = await lia.state()
+    await lia.go_away()
+    missed = (await sam.send("while away"))["seq"]
+    # Her pid with mallory's own valid token: a fresh session as mallory.
+    mallory = await stock("mallory")
+    stolen = await mallory.connect(cluster.url, room, pid=held["pid"], offset=held["offset"],
+                                   auth={"token": token("mallory"), "room": room})
+    await within(lambda: mallory.events("welcome"), 5)
+    back = await lia.come_back()
+    await lia.until(lambda: missed in lia.seqs(room), 10, "the message she missed")
+    judge({
+        "pid in CONNECT": bool(first["pid"]),
+        "mallory: recovered": stolen["recovered"],
+        "mallory: new id": stolen["id"] != first["id"],
+        "mallory: is mallory": mallory.events("welcome")[-1][0]["id"],
+        "lia: recovered": back["recovered"], "lia: same id": back["id"] == first["id"],
+    }, {
+        "pid in CONNECT": True, "mallory: recovered": False, "mallory: new id": True,
+        "mallory: is mallory": "mallory", "lia: recovered": True, "lia: same id": True,
+    })
 
 
 async def test_after_the_window_a_returning_client_gets_a_fresh_session(
