@@ -114,6 +114,8 @@ class Recovery:
         """Write the live record of ``sid``'s session (its pid is issued)."""
         pid = self.pid_of[sid]
         text = self._text(record, "live")
+        if not self.live:
+            await self.store.beat()  # the first live record: say we are alive first
         await self.store.put(pid, text, self.window + 2 * self.period)
         self.live[pid] = text  # (not if Redis did not take it: nothing to keep)
 
@@ -185,6 +187,8 @@ class Recovery:
             if not await self._history_reaches(record["room"], position):
                 return None
             claimed = self._text(record, "live")
+            if not self.live:
+                await self.store.beat()
             if not await self.store.swap(pid, text, claimed, self.window + 2 * self.period):
                 return None  # another replica took it first
             self.live[pid] = claimed
@@ -238,14 +242,16 @@ class Recovery:
 
     # -- upkeep ---------------------------------------------------------------
     async def run(self) -> None:
-        """Renew the alive key; every period refresh the live records and
-        settle the parked ones (a lifetime task)."""
+        """Renew the alive key while this replica has live records; every
+        period refresh them; settle the parked ones (a lifetime task).  A
+        replica none of whose clients asked for recovery writes nothing."""
         if not self.enabled:
             return
         due = held = 0.0
         while True:
             try:
-                await self.store.beat()
+                if self.live:  # only a replica with live records must be seen alive
+                    await self.store.beat()
                 now = time.monotonic()
                 if now >= due:
                     due = now + self.period
