@@ -17,6 +17,7 @@ history, presence, sequencer and recovery.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from redis.exceptions import RedisError
@@ -79,6 +80,10 @@ class Entrance:
             missed = await self._replay(sid, client, restored.position)
         except NameTaken:
             missed = None
+        except BaseException:
+            with contextlib.suppress(Exception):  # nothing claimed stays behind
+                await self.recovery.abandon(restored, sid)
+            raise
         if missed is None:
             await self.recovery.abandon(restored, sid)
             return False
