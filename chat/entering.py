@@ -99,7 +99,8 @@ class Entrance:
         longer holds them all (or not within HISTORY_MAX_BYTES)."""
         who, room = client.identity, client.room
         # The same seat: a person still (or again) there is not announced.
-        await self.presence.enter(room, client.seat, who.user, who.name, who.fold)
+        await self.presence.enter(room, client.seat, who.user, who.name, who.fold,
+                                  ttl=self.recovery.seat_ttl)
         epoch, after = position
         async with self.sequencer.entering(room) as start:
             try:
@@ -147,7 +148,9 @@ class Entrance:
         carries reaches up to where live messages take over.
         """
         who = client.identity
-        await self.presence.enter(room, client.seat, who.user, who.name, who.fold)
+        await self.presence.enter(room, client.seat, who.user, who.name, who.fold,
+                                  ttl=self.recovery.seat_ttl if sid in self.recovery.pid_of
+                                  else None)
         people, online, connections = await self.presence.members(room)
         async with self.sequencer.entering(room) as start:
             state = await self._room_state(room, resume)

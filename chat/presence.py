@@ -80,6 +80,9 @@ class Presence:
         self.emit = emit  # emit(room, event): to the room on every replica
         self.log = logger
         self.local: dict[str, tuple[str, Seat]] = {}  # connection -> (room, seat), ours
+        # connection -> its entries' life, for the ones that outlive a crash
+        # longer than ``ttl`` (a stock client's session: recovery.py).
+        self.lasting: dict[str, float] = {}
         self.occupancy: collections.Counter[str] = collections.Counter()  # room -> ours
         self._changes: dict[str, tuple[dict, dict]] = {}  # room -> (joined, left)
         self._flusher: asyncio.Task | None = None
@@ -88,15 +91,16 @@ class Presence:
 
     # -- changes made by this replica's clients ------------------------------
     async def enter(self, room: str, conn: str, user: str, name: str,
-                    fold: str | None = None) -> None:
+                    fold: str | None = None, ttl: float | None = None) -> None:
         """Seat connection ``conn`` of person ``user`` in ``room``; with
         ``fold`` (open mode), refuse it with :class:`NameTaken` when another
-        live person's name there looks the same."""
+        live person's name there looks the same.  ``ttl``: how long its
+        entry outlives this replica, when longer than the others'."""
         self._forget(conn)
         seat = Seat(conn, entry(user, name), fold or "")
         now = time.time()
         try:
-            status, holder = await self.store.add(room, seat, now + self.ttl, now,
+            status, holder = await self.store.add(room, seat, now + (ttl or self.ttl), now,
                                                   claim=bool(fold))
         except (OSError, RedisError) as exc:
             # Redis down must not stop a connect: the next refresh writes
@@ -107,6 +111,8 @@ class Presence:
             raise NameTaken(f"name {name!r} is taken in {room!r}: "
                             f"{person(holder)['name']!r} is there and looks the same")
         self.local[conn] = (room, seat)
+        if ttl:
+            self.lasting[conn] = ttl
         self.occupancy[room] += 1
         if status == ARRIVED:
             self._changed(room, joined={user: name})
@@ -130,14 +136,14 @@ class Presence:
         its client may come back (:meth:`hold`) or gives it up (:meth:`release`)."""
         return self._forget(conn)
 
-    async def hold(self, seats: list[tuple[str, Seat]]) -> None:
+    async def hold(self, seats: list[tuple[str, Seat]], ttl: float) -> None:
         """Push on the expiry of parked seats, as the refresh does for live ones."""
         now = time.time()
         rooms: dict[str, list[Seat]] = {}
         for room, seat in seats:
             rooms.setdefault(room, []).append(seat)
         for room, held in rooms.items():
-            await self.store.add_many(room, held, now + self.ttl, now)
+            await self.store.add_many(room, held, now + ttl, now)
 
     async def release(self, room: str, seat: Seat) -> None:
         """A parked seat's session ended: it leaves, announced if it was the
@@ -148,6 +154,7 @@ class Presence:
 
     def _forget(self, conn: str) -> tuple[str | None, Seat | None]:
         room, seat = self.local.pop(conn, (None, None))
+        self.lasting.pop(conn, None)
         if room is not None:
             self.occupancy[room] -= 1
             if self.occupancy[room] <= 0:
@@ -233,17 +240,19 @@ class Presence:
     async def refresh(self) -> None:
         """Extend our entries' lives, and retire everyone else's dead ones."""
         now = time.time()
-        rooms: dict[str, list[Seat]] = {}
-        for room, seat in list(self.local.values()):
-            rooms.setdefault(room, []).append(seat)
-        for room, seats in rooms.items():
-            await self.store.add_many(room, seats, now + self.ttl, now)
-            # Whoever left (or moved) since the snapshot was just written
-            # back by that add, which may even have reached Redis after the
-            # departure's removal: remove them again, now that the add is done.
-            for seat in seats:
-                if self.local.get(seat.conn) != (room, seat):
-                    await self.store.remove(room, seat)
+        rooms: dict[str, dict[float, list[Seat]]] = {}
+        for conn, (room, seat) in list(self.local.items()):
+            lives = rooms.setdefault(room, {})
+            lives.setdefault(self.lasting.get(conn, self.ttl), []).append(seat)
+        for room, lives in rooms.items():
+            for ttl, seats in lives.items():
+                await self.store.add_many(room, seats, now + ttl, now)
+                # Whoever left (or moved) since the snapshot was just written
+                # back by that add, which may even have reached Redis after the
+                # departure's removal: remove them again, now the add is done.
+                for seat in seats:
+                    if self.local.get(seat.conn) != (room, seat):
+                        await self.store.remove(room, seat)
             gone = [person(e) for e in await self.store.expire(room, now)]
             if gone:
                 self.log.info("presence: %d expired in %r (a replica stopped refreshing)",

@@ -104,6 +104,13 @@ class Recovery:
     def wants(self, auth) -> bool:
         return self.enabled and isinstance(auth, dict) and auth.get("recovery") is True
 
+    @property
+    def seat_ttl(self) -> float | None:
+        """How long the presence seat of a session outlives its replica: the
+        window, so that a client whose replica was killed is not shown
+        leaving while it may still come back (None: presence's own TTL)."""
+        return self.window if self.window > self.presence.ttl else None
+
     def new_pid(self, sid: str) -> str:
         pid = secrets.token_urlsafe(18)
         self.pid_of[sid] = pid
@@ -284,7 +291,7 @@ class Recovery:
             if text is None:
                 await self.presence.release(room, seat)
         if hold:
-            await self.presence.hold(waiting)
+            await self.presence.hold(waiting, self.seat_ttl or self.presence.ttl)
 
     async def close(self) -> None:
         """Stop: the parked sessions stay claimable for the rest of their

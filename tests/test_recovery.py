@@ -114,6 +114,34 @@ async def test_a_listener_whose_replica_dies_gets_its_session_back_on_a_survivor
     judge_recovery(lia, first, back, room, acked, sam, since)
 
 
+async def test_a_listener_away_past_the_presence_ttl_after_a_crash_is_not_seen_leaving(
+        cluster_factory, connect, stock, mode):
+    """Its replica killed, the listener stays away longer than a dead
+    replica's people are kept (PRESENCE_TTL), then comes back within the
+    window: its seat lived on meanwhile, so the room saw no left/joined."""
+    cluster = cluster_factory(replicas=3, mode=mode, env={**ENV, "RECOVERY_WINDOW": "20"})
+    room = new_room()
+    lia = await stock("lia")
+    first = await lia.connect(cluster.url, room)
+    dead = lia.server()
+    survivor = next(r for r in cluster.replicas if r.server_id != dead)
+    sam = await connect(survivor.url, "sam", room=room)
+    seq = (await sam.send("before"))["seq"]
+    await lia.until(lambda: seq in lia.seqs(room), 5, "lia hearing sam")
+    since = len(sam.presence)
+    lia.command("pause")  # no reconnection until told
+    await asyncio.to_thread(cluster.kill_replica, dead)
+    await lia.until(lambda: lia.of("disconnect"), 5, "the disconnect")
+    missed = [(await sam.send(f"away {i}"))["seq"] for i in range(3)]
+    await asyncio.sleep(TTL * 2 + 1)  # a dead replica's plain seats are gone by now
+    back = await lia.come_back()
+    await lia.until(lambda: set(missed) <= set(lia.seqs(room)), 10, "what she missed")
+    await asyncio.sleep(SETTLE)
+    judge({"recovered": back["recovered"], "same id": back["id"] == first["id"],
+           "the room saw lia": flicker(sam, "lia", since)},
+          {"recovered": True, "same id": True, "the room saw lia": []})
+
+
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_a_transport_the_client_closed_gets_its_session_back(
         cluster_factory, connect, stock, mode, transport):
