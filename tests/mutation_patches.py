@@ -67,6 +67,8 @@ CATCHERS = {
         ["tests/test_recovery.py", "-k", "forged and pubsub"]],
     "recovery-replays-from-one-too-far": [
         ["tests/test_recovery.py", "-k", "replica_dies and pubsub and websocket"]],
+    "recovery-seats-expire-with-presence-ttl": [
+        ["tests/test_recovery.py", "-k", "past_the_presence and pubsub"]],
     "recovery-parks-nothing": [
         ["tests/test_recovery.py", "-k", "client_closed and socketio and polling"]],
 }
