@@ -203,3 +203,14 @@ def test_the_openapi_file_is_valid_and_matches_the_routes():
     described = {(method.upper(), path) for path, item in spec["paths"].items()
                  for method in item if method != "parameters"}
     assert described == served - {("HEAD", p) for _, p in served}
+
+
+def test_every_breakage_patch_still_applies():
+    """``make mutation-patches`` breaks the code on purpose; a patch that no
+    longer applies to the code it breaks checks nothing."""
+    import subprocess
+
+    stale = [p.name for p in sorted((ROOT / "docs" / "mutations").glob("*.patch"))
+             if subprocess.run(["git", "apply", "--check", str(p)], cwd=ROOT,
+                               capture_output=True).returncode != 0]
+    assert not stale, f"patches that no longer apply: {stale}"
