@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import secrets
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -69,7 +68,9 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import jsonio
+from .protocol import random_hex
 from .redis_keys import RedisKeys
+from .redis_quick import evalsha
 
 IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
 EMPTY_EXPIRY_MS = 10 * 60 * 1000  # a room without a message: 10 minutes after its last use
@@ -137,7 +138,7 @@ class Slice:
 
 
 def new_epoch() -> str:
-    return secrets.token_hex(4)
+    return random_hex(4)
 
 
 def resume_gap(piece: Slice, epoch: str | None, after: int) -> str | None:
@@ -239,7 +240,8 @@ class RedisHistory:
             if self.wait_replicas:
                 (seq, epoch, before), copies = await self._append_and_wait([meta, log, ids], args)
             else:
-                seq, epoch, before = await self._append(keys=[meta, log, ids], args=args)
+                seq, epoch, before = await evalsha(self.redis, self._append, [meta, log, ids],
+                                                   args)
         except ResponseError as exc:  # Redis answered: nothing was written
             raise HistoryRefused(refusal_reason(exc)) from None
         except (OSError, RedisError) as exc:

@@ -38,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
+from .redis_quick import quick
 from .redis_url import parse_redis_url
 from .settings import Settings
 
@@ -86,7 +87,28 @@ class BoundedPool(aioredis.BlockingConnectionPool):
 
     warned_at = float("-inf")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connection_class = quick(self.connection_class)  # (redis_quick.py)
+
+    def _unwatched(self) -> bool:
+        """Nobody waits for a connection, nor holds the pool's condition:
+        connections may come and go without the condition, its timer and
+        its notification (the usual case; a full pool takes redis-py's way)."""
+        condition = self._condition
+        return (not self._in_maintenance and not condition.locked()
+                and not getattr(condition, "_waiters", True))
+
     async def get_connection(self, *args, **kwargs):
+        if self._available_connections and self._unwatched():
+            connection = self._available_connections.pop()
+            self._in_use_connections.add(connection)
+            try:
+                await self.ensure_connection(connection)
+            except BaseException:
+                await self.release(connection)
+                raise
+            return connection
         try:
             return await super().get_connection(*args, **kwargs)
         except RedisConnectionError as exc:
@@ -100,6 +122,12 @@ class BoundedPool(aioredis.BlockingConnectionPool):
                 self.warned_at = now
                 logging.getLogger("chat.redis").warning("Redis pool exhausted: %s", problem)
             raise PoolExhausted(problem) from None
+
+    async def release(self, connection) -> None:
+        if self._unwatched():  # nobody to wake: the plain pool's release
+            await aioredis.ConnectionPool.release(self, connection)
+            return
+        await super().release(connection)
 
 
 class BoundedSentinelPool(BoundedPool, SentinelConnectionPool):
