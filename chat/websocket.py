@@ -18,13 +18,29 @@ Whatever cannot be written at once without overtaking something (the
 writer is busy or has packets waiting, the upgrade is not done, the TCP
 buffer backs up, the client missed its ping) takes Engine.IO's queue, with
 its order and backpressure.
+
+Reading has the same kind of cost: Engine.IO's WebSocket loop starts a task
+for every frame it reads, and races it against a timer (``wait_for``), so
+that a client silent for ``PING_INTERVAL + PING_TIMEOUT`` seconds is let
+go.  :func:`serve` reads the frames in the connection's own task instead,
+and one timer per connection, pushed on lazily, lets a silent client go
+after the same time (its TCP connection is dropped, which ends the read).
+What a frame then goes through is Engine.IO's as before (``receive``, the
+size limit, the writer task and how the session ends); a chat message goes
+straight to the handler Engine.IO would call (python-socketio's, which
+``chat/server.py`` guards).  A connection that starts on long-polling and
+upgrades keeps Engine.IO's own loop (``chat/guard.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 
 from aiohttp import web
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from .sendqueue import SendQueue
@@ -144,3 +160,76 @@ def write_now(socket, encoded: str) -> bool:
     written, and must take the queue."""
     direct = getattr(socket, "direct", None)
     return direct is not None and direct.write(text_frame("4" + encoded), socket, time.time())
+
+
+async def serve(socket, ws) -> None:
+    """Engine.IO's WebSocket session for ``socket`` (an ``AsyncSocket``
+    that opened as a WebSocket), read without a task and a timer per frame
+    (see the module's docstring)."""
+    server = socket.server
+    socket.connected = socket.upgraded = True
+    writer = asyncio.ensure_future(_write_queue(socket, ws))
+    loop = asyncio.get_running_loop()
+    silence = server.ping_interval + server.ping_timeout
+    heard = loop.time()
+    timer = None
+
+    def check() -> None:
+        nonlocal timer
+        quiet = loop.time() - heard
+        if quiet >= silence:
+            ws.abort()  # the read below ends, and the session with it
+        else:
+            timer = loop.call_later(silence - quiet, check)
+
+    timer = loop.call_later(silence, check)
+    handler = server.handlers.get("message")
+    direct = not server.async_handlers and inspect.iscoroutinefunction(handler)
+    try:
+        while True:
+            try:
+                data = await ws.wait()
+            except (Exception, asyncio.CancelledError):  # closed, refused, or cancelled
+                break
+            if data is None or len(data) > server.max_http_buffer_size:
+                break
+            heard = loop.time()
+            pkt = eio_packet.Packet(encoded_packet=data)
+            try:
+                if direct and pkt.packet_type == eio_packet.MESSAGE:
+                    try:  # what Engine.IO's receive() and _trigger_event do for it
+                        await handler(socket.sid, pkt.data)
+                    except Exception:
+                        server.logger.exception("message async handler error")
+                else:
+                    await socket.receive(pkt)
+            except eio_exceptions.UnknownPacketError:
+                pass
+            except eio_exceptions.SocketIsClosedError:
+                server.logger.info("Receive error -- socket is closed")
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+    finally:
+        timer.cancel()
+    await socket.queue.put(None)  # the writer ends after what is queued
+    await writer
+    await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+
+async def _write_queue(socket, ws) -> None:
+    """Write what Engine.IO queues for the client, until the queue says
+    stop (or stays empty past the ping timeout), then close the WebSocket."""
+    while True:
+        try:
+            packets = await socket.poll()
+        except eio_exceptions.QueueEmpty:
+            break
+        if not packets:
+            break
+        try:
+            for pkt in packets:
+                await ws.send(pkt.encode())
+        except Exception:
+            break
+    await ws.close()
