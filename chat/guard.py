@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from engineio import async_socket, exceptions, packet, payload
 
+from .websocket import serve
+
 # What decoding a polling body can raise: bad UTF-8 and "too many packets"
 # are ValueErrors, a JSONP body without its "d" field a KeyError.
 UNDECODABLE = (ValueError, KeyError, IndexError, TypeError)
@@ -48,9 +50,17 @@ async def shut(socket) -> None:
 
 class GuardedSocket(async_socket.AsyncSocket):
     """Engine.IO's socket, with a long-polling POST that refuses what does
-    not decode, and a close that ends a pending long-poll at once.
-    ``chat.server.ChatServer`` gives every new socket this class; it adds
-    behaviour only, no state."""
+    not decode, and a close that ends a pending long-poll at once; a
+    connection that opens as a WebSocket is read by ``chat.websocket.serve``
+    (no task per frame).  ``chat.server.ChatServer`` gives every new socket
+    this class; it adds behaviour only, no state."""
+
+    async def _websocket_handler(self, ws):
+        if self.connected or not hasattr(ws, "abort"):
+            # An upgrade from long-polling (its probe and UPGRADE packets),
+            # or a WebSocket class of another kind: Engine.IO's own loop.
+            return await super()._websocket_handler(ws)
+        await serve(self, ws)
 
     async def close(self, wait=True, abort=False, reason=None):
         already = self.closed or self.closing

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import secrets
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -69,7 +68,9 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import jsonio
+from .protocol import random_hex
 from .redis_keys import RedisKeys
+from .redis_quick import HMGET_MANY, evalsha, hmget_many
 
 IDLE_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a room's history outlives 30 idle days
 EMPTY_EXPIRY_MS = 10 * 60 * 1000  # a room without a message: 10 minutes after its last use
@@ -137,7 +138,7 @@ class Slice:
 
 
 def new_epoch() -> str:
-    return secrets.token_hex(4)
+    return random_hex(4)
 
 
 def resume_gap(piece: Slice, epoch: str | None, after: int) -> str | None:
@@ -223,6 +224,7 @@ class RedisHistory:
         self.relays = relay_host is not None and not wait_replicas
         self.publish = publish
         self._append = client.register_script(APPEND)
+        self._heads = client.register_script(HMGET_MANY)
 
     def _keys(self, room: str) -> tuple[str, str]:
         return self.keys.room_meta(room), self.keys.room_log(room)
@@ -239,7 +241,8 @@ class RedisHistory:
             if self.wait_replicas:
                 (seq, epoch, before), copies = await self._append_and_wait([meta, log, ids], args)
             else:
-                seq, epoch, before = await self._append(keys=[meta, log, ids], args=args)
+                seq, epoch, before = await evalsha(self.redis, self._append, [meta, log, ids],
+                                                   args)
         except ResponseError as exc:  # Redis answered: nothing was written
             raise HistoryRefused(refusal_reason(exc)) from None
         except (OSError, RedisError) as exc:
@@ -332,15 +335,13 @@ class RedisHistory:
         return [_entry(e, epoch) for e in entries]
 
     async def heads(self, rooms) -> dict[str, tuple[str, int]]:
-        """Each room's ``(epoch, latest seq)``, in one round trip."""
+        """Each room's ``(epoch, latest seq)``, in one round trip (per 500 rooms)."""
         rooms = list(rooms)
         if not rooms:
             return {}
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for room in rooms:
-                    pipe.hmget(self._keys(room)[0], "epoch", "seq")
-                answers = await pipe.execute()
+            answers = await hmget_many(self.redis, self._heads, [self._keys(r)[0] for r in rooms],
+                                       ["epoch", "seq"])
         except (OSError, RedisError) as exc:
             raise HistoryUnavailable(f"Redis is unreachable ({exc})") from None
         return {room: (as_text(epoch), int(seq or 0))

@@ -53,7 +53,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
-from .presence_store import ARRIVED, REFUSED, MemoryStore, RedisStore, Seat, entry, person
+from .presence_memory import MemoryStore
+from .presence_store import ARRIVED, REFUSED, RedisStore, Seat, entry, person
 from .protocol import ProtocolError
 
 __all__ = ["MemoryStore", "NameTaken", "Presence", "RedisStore", "Seat", "entry"]
@@ -142,8 +143,8 @@ class Presence:
         rooms: dict[str, list[Seat]] = {}
         for room, seat in seats:
             rooms.setdefault(room, []).append(seat)
-        for room, held in rooms.items():
-            await self.store.add_many(room, held, now + ttl, now)
+        if rooms:
+            await self.store.add_rooms(rooms, now + ttl, now)
 
     async def release(self, room: str, seat: Seat) -> None:
         """A parked seat's session ended: it leaves, announced if it was the
@@ -240,20 +241,30 @@ class Presence:
     async def refresh(self) -> None:
         """Extend our entries' lives, and retire everyone else's dead ones."""
         now = time.time()
-        rooms: dict[str, dict[float, list[Seat]]] = {}
+        lives: dict[float, dict[str, list[Seat]]] = {}  # life -> room -> seats
         for conn, (room, seat) in list(self.local.items()):
-            lives = rooms.setdefault(room, {})
-            lives.setdefault(self.lasting.get(conn, self.ttl), []).append(seat)
-        for room, lives in rooms.items():
-            for ttl, seats in lives.items():
-                await self.store.add_many(room, seats, now + ttl, now)
-                # Whoever left (or moved) since the snapshot was just written
-                # back by that add, which may even have reached Redis after the
-                # departure's removal: remove them again, now the add is done.
+            rooms = lives.setdefault(self.lasting.get(conn, self.ttl), {})
+            rooms.setdefault(room, []).append(seat)
+        if not lives:
+            return
+        # Every room's seats in one pipeline (the store batches them), not a
+        # round trip per room: with a hundred rooms per replica this loop was
+        # most of an idle replica's CPU.  (One per life: the seats of
+        # sessions that asked for recovery outlive a crash longer.)
+        for ttl, rooms in lives.items():
+            await self.store.add_rooms(rooms, now + ttl, now)
+        # Whoever left (or moved) since the snapshot was just written back
+        # by that add, which may even have reached Redis after the
+        # departure's removal: remove them again, now that the add is done.
+        every = list(dict.fromkeys(room for rooms in lives.values() for room in rooms))
+        for rooms in lives.values():
+            for room, seats in rooms.items():
                 for seat in seats:
                     if self.local.get(seat.conn) != (room, seat):
                         await self.store.remove(room, seat)
-            gone = [person(e) for e in await self.store.expire(room, now)]
+        expired = await self.store.expire_rooms(every, now)
+        for room, entries in zip(every, expired, strict=True):
+            gone = [person(e) for e in entries]
             if gone:
                 self.log.info("presence: %d expired in %r (a replica stopped refreshing)",
                               len(gone), room)

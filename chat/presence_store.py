@@ -25,12 +25,12 @@ left (``REMOVE`` answers 1: the last one).
   (it crashed) and, with them, the people left with none; and people whose
   own entry expired.  Each is retired, and announced, by one replica.
 
-``MemoryStore`` keeps the same structures for the single node.
+``MemoryStore`` (``presence_memory.py``) keeps the same structures for the
+single node.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 from redis.exceptions import NoScriptError
@@ -94,6 +94,7 @@ return gone
 """
 ARRIVED, STAYED, REFUSED = 1, 0, -1
 ROOMS_SCANNED = 10_000  # the most live rooms one rooms() call reads
+BATCH = 500  # script calls per pipeline of a refresh
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,85 +119,6 @@ def person(raw: str) -> dict:
     return {"id": user, "name": name}
 
 
-class _Room:
-    def __init__(self):
-        self.people: dict[str, float] = {}
-        self.connections: dict[str, float] = {}
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.names: dict[str, str] = {}
-
-
-class MemoryStore:
-    def __init__(self):
-        self.rooms_: dict[str, _Room] = {}
-
-    async def add(self, room: str, seat: Seat, expires: float, now: float,
-                  claim: bool) -> tuple[int, str]:
-        r = self.rooms_.setdefault(room, _Room())
-        if seat.fold:
-            holder = r.names.get(seat.fold)
-            if holder in (None, seat.person) or r.people.get(holder, 0) <= now:
-                r.names[seat.fold] = seat.person
-            elif claim:
-                return REFUSED, holder
-        status = STAYED
-        if seat.member not in r.connections:
-            r.counts[seat.person] += 1
-            status = ARRIVED if r.counts[seat.person] == 1 else STAYED
-        r.connections[seat.member] = expires
-        r.people[seat.person] = max(expires, r.people.get(seat.person, 0))
-        return status, ""
-
-    async def add_many(self, room: str, seats: list[Seat], expires: float, now: float):
-        for seat in seats:
-            await self.add(room, seat, expires, now, claim=False)
-
-    async def remove(self, room: str, seat: Seat) -> bool:
-        r = self.rooms_.get(room)
-        if r is None or r.connections.pop(seat.member, None) is None:
-            return False
-        r.counts[seat.person] -= 1
-        if r.counts[seat.person] > 0:
-            return False
-        self._retire(room, r, seat.person)
-        if seat.fold and r.names.get(seat.fold) == seat.person:
-            del r.names[seat.fold]
-        return True
-
-    def _retire(self, room: str, r: _Room, who: str) -> None:
-        r.counts.pop(who, None)
-        r.people.pop(who, None)
-        if not r.people and not r.connections:
-            self.rooms_.pop(room, None)
-
-    async def live(self, room: str, now: float, limit: int) -> tuple[list[str], int, int]:
-        r = self.rooms_.get(room) or _Room()
-        people = [p for p, expires in r.people.items() if expires > now]
-        connections = sum(1 for expires in r.connections.values() if expires > now)
-        return people[:limit], len(people), connections
-
-    async def expire(self, room: str, now: float) -> list[str]:
-        r = self.rooms_.get(room)
-        if r is None:
-            return []
-        gone = []
-        for member in [m for m, expires in r.connections.items() if expires <= now]:
-            del r.connections[member]
-            who = member.split("\n", 1)[1]
-            r.counts[who] -= 1
-            if r.counts[who] <= 0 and who not in gone:
-                gone.append(who)
-        gone += [p for p, expires in r.people.items() if expires <= now and p not in gone]
-        for who in gone:
-            self._retire(room, r, who)
-        return gone
-
-    async def rooms(self, now: float, limit: int) -> list[tuple[str, int]]:
-        live = sorted((room, sum(1 for e in r.people.values() if e > now))
-                      for room, r in self.rooms_.items())
-        return [(room, count) for room, count in live if count][:limit]
-
-
 class RedisStore:
     def __init__(self, client, *, keys: RedisKeys, ttl: float):
         self.redis = client
@@ -215,23 +137,37 @@ class RedisStore:
                 k.room_names(room)]
 
     def _add_args(self, room, seat: Seat, expires: float, now: float, claim: bool):
-        return dict(keys=[*self._keys(room), self.keys.room_meta(room)],
-                    args=[seat.member, seat.person, seat.fold, int(expires * 1000),
-                          int(now * 1000), self.key_ttl_ms, self.meta_ttl_ms, int(claim)])
+        return ([*self._keys(room), self.keys.room_meta(room)],
+                [seat.member, seat.person, seat.fold, int(expires * 1000),
+                 int(now * 1000), self.key_ttl_ms, self.meta_ttl_ms, int(claim)])
 
     async def add(self, room: str, seat: Seat, expires: float, now: float,
                   claim: bool) -> tuple[int, str]:
-        (status, holder), = await self._adds(
-            room, [self._add_args(room, seat, expires, now, claim)], expires)
+        (status, holder), = await self._scripts(
+            self._add, ADD, [self._add_args(room, seat, expires, now, claim)],
+            lambda pipe: self._live(pipe, [room], expires))
         return int(status), as_text(holder)
 
     async def add_many(self, room: str, seats: list[Seat], expires: float, now: float):
-        await self._adds(room, [self._add_args(room, seat, expires, now, False)
-                                for seat in seats], expires)
+        await self.add_rooms({room: seats}, expires, now)
 
-    async def _adds(self, room: str, calls: list[dict], expires: float) -> list:
-        """Run the ADD script for each call, and mark the room live, in one
-        pipeline.  EVALSHA is sent as a plain command: a Redis Cluster
+    async def add_rooms(self, rooms: dict[str, list[Seat]], expires: float, now: float):
+        """ADD every seat of every room (the refresh), a round trip per
+        about ``BATCH`` seats rather than one per room."""
+        calls, marked = [], []
+        for room, seats in [*rooms.items(), (None, [])]:
+            if calls and (room is None or len(calls) >= BATCH):
+                await self._scripts(self._add, ADD, calls,
+                                    lambda pipe, rooms=marked: self._live(pipe, rooms, expires))
+                calls, marked = [], []
+            if room is not None:
+                calls += [self._add_args(room, seat, expires, now, False) for seat in seats]
+                marked.append(room)
+
+    async def _scripts(self, script, source: str, calls: list[tuple], also=None) -> list:
+        """Run ``script`` for each ``(keys, args)`` of ``calls``, then the
+        commands ``also(pipe)`` adds, in one pipeline; return the scripts'
+        answers.  EVALSHA is sent as a plain command: a Redis Cluster
         pipeline refuses redis-py's script objects.  A node that does not
         know the script yet (new, restarted, promoted) gets it loaded, and
         only the calls it refused are sent again."""
@@ -240,9 +176,10 @@ class RedisStore:
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i in pending:
-                    keys, args = calls[i]["keys"], calls[i]["args"]
-                    pipe.execute_command("EVALSHA", self._add.sha, len(keys), *keys, *args)
-                self._live_room(pipe, room, expires)
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                if also is not None:
+                    also(pipe)
                 replies = (await pipe.execute(raise_on_error=False))[:len(pending)]
             refused = [i for i, reply in zip(pending, replies, strict=True)
                        if isinstance(reply, NoScriptError)]
@@ -253,14 +190,14 @@ class RedisStore:
                 answers[i] = reply
             if not refused:
                 break
-            await self.redis.script_load(ADD)
-            pending = refused
+            await self.redis.script_load(source)
+            pending, also = refused, None  # (what `also` sent was not refused)
         return answers
 
-    def _live_room(self, pipe, room: str, expires: float) -> None:
-        # A command of its own, not in the scripts: the rooms index is not
-        # one room's key.
-        pipe.zadd(self.keys.rooms, {room: expires * 1000}, gt=True)
+    def _live(self, pipe, rooms: list[str], expires: float) -> None:
+        # Commands of their own, not in the scripts: the rooms index is not
+        # one room's key.  One ZADD marks every room of a batch.
+        pipe.zadd(self.keys.rooms, dict.fromkeys(rooms, expires * 1000), gt=True)
         pipe.pexpire(self.keys.rooms, self.key_ttl_ms)
 
     async def remove(self, room: str, seat: Seat) -> bool:
@@ -279,8 +216,15 @@ class RedisStore:
         return [as_text(e) for e in (entries[0] if entries else [])], int(count), int(conns)
 
     async def expire(self, room: str, now: float) -> list[str]:
-        return [as_text(e) for e in await self._expire(keys=self._keys(room),
-                                                     args=[int(now * 1000)])]
+        return (await self.expire_rooms([room], now))[0]
+
+    async def expire_rooms(self, rooms: list[str], now: float) -> list[list[str]]:
+        """EXPIRE in each of ``rooms``: who left each, a round trip per BATCH rooms."""
+        gone = []
+        for start in range(0, len(rooms), BATCH):
+            gone += await self._scripts(self._expire, EXPIRE, [
+                (self._keys(room), [int(now * 1000)]) for room in rooms[start:start + BATCH]])
+        return [[as_text(e) for e in entries] for entries in gone]
 
     async def rooms(self, now: float, limit: int) -> list[tuple[str, int]]:
         """Live rooms (by name, at most ``limit``) and their people counts."""

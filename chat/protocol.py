@@ -9,9 +9,9 @@ show to its user.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 from . import jsonio
 
@@ -134,10 +134,34 @@ def message_id(payload) -> str:
     is stored once.  A client that sends none cannot retry safely."""
     value = payload.get("id") if isinstance(payload, dict) else None
     if value is None:
-        return uuid.uuid4().hex
+        return random_hex(16)
     if not isinstance(value, str) or not MESSAGE_ID.fullmatch(value):
         raise ProtocolError("message id must be 8 to 64 letters, digits, '-' or '_'")
     return value
+
+
+class _Random:
+    """Random bytes read from the system 4 KiB at a time: a message id and
+    a room epoch each cost a slice of them, not a system call (each chat
+    message needs an id, and its append an epoch in case its room has none)."""
+
+    pool, used = b"", 0
+
+    @classmethod
+    def hex(cls, size: int) -> str:
+        if cls.used + size > len(cls.pool):
+            cls.pool, cls.used = os.urandom(4096), 0
+        start = cls.used
+        cls.used += size
+        return cls.pool[start:cls.used].hex()
+
+    @classmethod
+    def forget(cls) -> None:
+        cls.pool, cls.used = b"", 0
+
+
+os.register_at_fork(after_in_child=_Random.forget)  # a child draws its own
+random_hex = _Random.hex
 
 
 def room_of(payload) -> str:

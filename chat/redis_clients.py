@@ -38,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
+from .redis_quick import quick
 from .redis_url import parse_redis_url
 from .settings import Settings
 
@@ -86,7 +87,31 @@ class BoundedPool(aioredis.BlockingConnectionPool):
 
     warned_at = float("-inf")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connection_class = quick(self.connection_class)  # (redis_quick.py)
+
+    def _unwatched(self) -> bool:
+        """Nobody waits for a connection, nor holds the pool's condition:
+        connections may come and go without the condition, its timer and
+        its notification (the usual case; a full pool takes redis-py's way)."""
+        condition = self._condition
+        return (not self._in_maintenance and not condition.locked()
+                and not getattr(condition, "_waiters", True))
+
     async def get_connection(self, *args, **kwargs):
+        if self._available_connections and self._unwatched():
+            connection = self._available_connections.pop()
+            self._in_use_connections.add(connection)
+            try:
+                # An open connection with nothing unread is ready as it is;
+                # anything else is (re)connected and checked by redis-py.
+                if not connection.is_connected or await connection.can_read():
+                    await self.ensure_connection(connection)
+            except BaseException:
+                await self.release(connection)
+                raise
+            return connection
         try:
             return await super().get_connection(*args, **kwargs)
         except RedisConnectionError as exc:
@@ -100,6 +125,18 @@ class BoundedPool(aioredis.BlockingConnectionPool):
                 self.warned_at = now
                 logging.getLogger("chat.redis").warning("Redis pool exhausted: %s", problem)
             raise PoolExhausted(problem) from None
+
+    async def release(self, connection) -> None:
+        if self._unwatched() and getattr(connection, "_re_auth_token", None) is None:
+            # Nobody to wake, no new credentials to present (redis-py's
+            # event for that, and its metrics hooks, are all its release
+            # adds here).
+            self._in_use_connections.remove(connection)
+            if connection.should_reconnect():
+                await connection.disconnect()
+            self._available_connections.append(connection)
+            return
+        await super().release(connection)
 
 
 class BoundedSentinelPool(BoundedPool, SentinelConnectionPool):
@@ -182,10 +219,13 @@ def subscriber_client(url: str, client_name: str) -> aioredis.Redis:
     subscribe again only the channels it knows of, and ours are sent as
     raw commands.  The subscriber must see the break, and subscribe every
     room again itself.  No socket timeout either: the reader waits with its
-    own timeouts, and a long quiet spell is normal.
+    own timeouts, and a long quiet spell is normal.  RESP2 (redis-py 8
+    speaks RESP3 by default): a published message is then a plain reply,
+    where RESP3 makes it a push that redis-py's parser logs at DEBUG level,
+    formatting every payload with str() whether or not anything is logged.
     """
     return redis_client(url, client_name + ":sub", 2, retry=Retry(NoBackoff(), 0),
-                        socket_timeout=None)
+                        socket_timeout=None, protocol=2)
 
 
 def shard_client(node, client_name: str) -> aioredis.Redis:
@@ -196,7 +236,7 @@ def shard_client(node, client_name: str) -> aioredis.Redis:
             "ssl_keyfile", "ssl_check_hostname")
     given = {k: v for k, v in node.connection_kwargs.items() if k in kept}
     options = {**redis_options(client_name + ":sub"), "retry": Retry(NoBackoff(), 0),
-               "socket_timeout": None}
+               "socket_timeout": None, "protocol": 2}
     if given.pop("ssl", False):
         options["connection_class"] = aioredis.SSLConnection
     else:

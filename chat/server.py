@@ -1,7 +1,7 @@
 """python-socketio's AsyncServer: hardened against hostile clients and against
 sessions that close while connecting, with WebSocket compression off, a
-lighter send queue and environ per connection, and broadcasts written
-straight to idle WebSockets.
+lighter send queue and environ per connection, and broadcasts and acks
+written straight to idle WebSockets (``chat/websocket.py``).
 
 Hardening, in the order a packet meets it:
 
@@ -34,127 +34,48 @@ import asyncio
 import contextlib
 
 import socketio
-from aiohttp import web
 from engineio import async_socket
-from engineio.async_drivers import aiohttp as eio_aiohttp
 from redis.exceptions import RedisError
 from socketio import packet as sio_packet
 
 from .guard import GuardedSocket, shut
 from .logs import ClientLog, client_address
 from .sendqueue import SendQueue
+from .websocket import UncompressedWebSocket, write_now
 
-# A connection whose TCP buffer holds more than this gets its broadcasts
-# through Engine.IO's queue again, which waits for the buffer to drain.
-DIRECT_BUFFER_LIMIT = 64 * 1024
-# What write() reads of an Engine.IO socket (engineio's AsyncSocket; not an
-# API).  A version without these gets every packet through the queue.
-ENGINEIO_STATE = ("upgraded", "upgrading", "queue", "last_ping", "closed")
-ENGINEIO_TYPES = frozenset("0123456")
+JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+BINARY = (bytes, bytearray)
 KEPT_ENVIRON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "HTTP_X_REAL_IP",
                 "HTTP_USER_AGENT")
 
 
-class UncompressedWebSocket(eio_aiohttp.WebSocket):
-    """Engine.IO's aiohttp WebSocket, without permessage-deflate.
+class ChatPacket(sio_packet.Packet):
+    """Socket.IO's packet, with a cheaper test for binary parts.
 
-    Browsers offer compression and aiohttp accepts it by default, which
-    costs a zlib pass per frame per recipient; chat frames are a few hundred
-    bytes, where deflate saves little and fan-out multiplies its cost.
-    """
+    Every packet the server builds (each ack, each broadcast) is first
+    searched for bytes; the library does it with a list and a reduce per
+    level.  Same answer here, in one loop that stops at the first bytes."""
 
-    async def __call__(self, environ):
-        request = environ["aiohttp.request"]
-        self._sock = web.WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(request)
-        self.environ = environ
-        self.transport = request.transport
-        self.sending = False
-        # The Engine.IO socket this WebSocket carries (the handler is its
-        # bound method): broadcasts may write to it directly, see write().
-        socket = getattr(self.handler, "__self__", None)
-        if socket is not None and all(hasattr(socket, name) for name in ENGINEIO_STATE):
-            socket.direct = self
-            if isinstance(socket.queue, SendQueue):  # its TCP buffer counts too
-                socket.queue.transport = self.transport
-        else:  # an Engine.IO that no longer looks like this: queue path only
-            socket = None
-        try:
-            await self.handler(self)
-        finally:
-            if socket is not None:
-                socket.direct = None
-        return self._sock
-
-    async def wait(self):
-        """The next frame, if it is a text Engine.IO packet (types 0 to 6).
-
-        Anything else, a binary frame (the chat has none), an empty frame, a
-        packet type Engine.IO does not know, would reach code that raises or
-        logs a traceback for it: the client is refused here, and the OSError
-        ends Engine.IO's read loop as a closed connection does."""
-        data = await super().wait()
-        if isinstance(data, str) and data[:1] in ENGINEIO_TYPES:
-            return data
-        socket = getattr(self.handler, "__self__", None)
-        why = "binary frame refused" if isinstance(data, bytes) else "not an Engine.IO packet"
-        await self.server.refuse_client(getattr(socket, "sid", "?"), why, data)
-        raise OSError(why)
-
-    async def send(self, message):
-        self.sending = True
-        try:
-            await super().send(message)
-        finally:
-            self.sending = False
-
-    def abort(self) -> None:
-        """Drop the TCP connection, unsent bytes and all (``guard.shut``)."""
-        if self.transport is not None:
-            self.transport.abort()
-
-    def write(self, frame: bytes, socket, now: float) -> bool:
-        """Write a prebuilt WebSocket frame now, if that keeps the order.
-
-        Engine.IO sends each packet through the connection's queue and a
-        writer task that frames it; a broadcast to a room of a hundred wakes
-        a hundred writers that frame the same bytes a hundred times.  A
-        server's frames are not masked, so one frame fits every recipient:
-        this writes it straight to the TCP transport, but only when nothing
-        can be overtaken: the writer is parked on an empty queue (so it has
-        written all it took), not in the middle of a send, the upgrade is
-        done and the connection's buffer is not backing up.  Otherwise the
-        caller takes the queue, with its order and backpressure.
-        """
-        queue = socket.queue
-        transport = self.transport
-        if (self.sending or not socket.upgraded or socket.upgrading
-                or not isinstance(queue, SendQueue) or not queue.reader_waiting()
-                or transport is None or transport.is_closing() or self._sock.closed
-                or transport.get_write_buffer_size() > DIRECT_BUFFER_LIMIT):
-            return False
-        if socket.last_ping and now - socket.last_ping > self.server.ping_timeout:
-            return False  # let Engine.IO's send notice the client is gone
-        transport.write(frame)
-        return True
-
-
-def text_frame(payload: str) -> bytes:
-    """An unmasked WebSocket text frame (server to client) holding ``payload``."""
-    data = payload.encode()
-    size = len(data)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + data
+    @classmethod
+    def data_is_binary(cls, data) -> bool:
+        todo = [data]
+        while todo:
+            item = todo.pop()
+            kind = type(item)
+            if kind in JSON_SCALARS:
+                continue
+            if kind is dict or isinstance(item, dict):
+                todo.extend(item.values())
+            elif kind is list or isinstance(item, list):
+                todo.extend(item)
+            elif isinstance(item, BINARY):
+                return True
+        return False
 
 
 class ChatServer(socketio.AsyncServer):
     def __init__(self, *args, max_queued_bytes: int | None = None, **kwargs):
+        kwargs.setdefault("serializer", ChatPacket)
         super().__init__(*args, **kwargs)
         # The driver table is shared by every Engine.IO server in the
         # process; this server gets its own copy.
@@ -229,8 +150,14 @@ class ChatServer(socketio.AsyncServer):
                 pkt.data = {**pkt.data, "pid": pid}
         # A session that closed while connecting is still sent its welcome
         # and CONNECT; Engine.IO would log a warning for each.
-        if not self._gone(eio_sid):
+        if self._gone(eio_sid):
+            return
+        encoded = pkt.encode()
+        if isinstance(encoded, list):  # binary parts: the library's way
             await super()._send_packet(eio_sid, pkt)
+        elif not write_now(self.eio.sockets.get(eio_sid), encoded):
+            # (an ack, say: straight to an idle WebSocket, chat/websocket.py)
+            await self.eio.send(eio_sid, encoded)
 
     async def _send_eio_packet(self, eio_sid, eio_pkt):
         if not self._gone(eio_sid):

@@ -43,7 +43,7 @@ class Silent:
         self.pings = 0
         self.connection = self
 
-    async def get_message(self, timeout):
+    async def read_response(self, timeout, **_):
         await asyncio.sleep(0.02)
         return None
 

@@ -12,7 +12,7 @@ from socketio import packet as sio_packet
 from ..delivery import Sequencer
 from ..metrics import Metrics
 from ..recovery import offset
-from ..server import text_frame
+from ..websocket import text_frame
 
 
 class BackplaneUnavailable(RuntimeError):
@@ -119,7 +119,7 @@ class Observed:
         """Write an encoded Socket.IO packet to this replica's sockets in
         ``room``: its WebSocket frame is built once and written straight to
         each idle WebSocket (``UncompressedWebSocket.write`` in
-        ``chat/server.py``); other sockets get it through their send queue,
+        ``chat/websocket.py``); other sockets get it through their send queue,
         in a plain loop (a queue put does not block).  ``counted``: a chat
         message, for the metrics.  ``offset``: its recovery offset, an extra
         last argument for the connections in :attr:`offsets`; ``number``: its

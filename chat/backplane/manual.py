@@ -25,13 +25,22 @@ One chat message through three replicas, in one Redis round trip::
         history.append(room, msg)  # EVALSHA: numbered, stored, and PUBLISHed
                                    # on C:room:{general} as a frame (history.py)
         sio.emit("message", msg, room="general", ignore_queue=True)
-                                   # replica 1's own sockets, through the
-                                   # room's Sequencer; nothing more to publish
+                                   # nothing to do: replica 1 hears the room's
+                                   # channel (emit), its own copy delivers it
     Redis sends the frame to the replicas subscribed to C:room:{general}
-    (those with members there): 2 has some, 3 has none and hears nothing.
-    replica 2  _thread -> _room_frame  # skip our own host id; Sequencer: in
-                                       # seq order, once; the packet written
-                                       # as it came
+    (those with members there): 1 and 2 have some, 3 has none and hears
+    nothing.
+    replicas 1, 2  _thread -> _room_frame  # Sequencer: in seq order, once;
+                                           # the packet written as it came
+
+A replica's own chat messages thus reach its sockets the way everyone
+else's do, from the channel: the copy every publisher gets back anyway
+(it is subscribed) replaces writing them at once, which cost encoding the
+packet and a pass through the room's line per message.  While a room's
+channel is not confirmed (just subscribed, or the subscription is lost)
+its messages are written at once as before; the Sequencer drops whichever
+copy comes second, and a copy that never comes is read from the history
+when the channel is confirmed (``_subscribed_to``).
 
 Presence and typing events ride the room channel too (``_publish`` frames
 them), so a room's events keep their order on the way.
@@ -125,6 +134,24 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
                                            "subscribing failed: %s", len(rooms), exc)
 
     # -- send ------------------------------------------------------------
+    async def emit(self, event, data, namespace=None, room=None, skip_sid=None,
+                   callback=None, to=None, **kwargs):
+        """A chat message the append script published (``ignore_queue``)
+        is written here when its copy comes back from the room's channel,
+        if this replica hears that channel (see the module's docstring)."""
+        target = to or room
+        if (kwargs.get("ignore_queue") and event == "message" and callback is None
+                and isinstance(data, dict) and "seq" in data and isinstance(target, str)
+                and namespace in (None, "/") and self._hears(target)):
+            return None
+        return await super().emit(event, data, namespace=namespace, room=room,
+                                  skip_sid=skip_sid, callback=callback, to=to, **kwargs)
+
+    def _hears(self, room: str) -> bool:
+        """Redis confirmed our subscription to ``room``'s channel (on one
+        Redis; on a Cluster, messages are written at once as before)."""
+        return not self.sharded and self.keys.room_channel(room) in self.subscriber.confirmed
+
     async def _publish(self, message):
         room = message.get("room")
         if (message.get("method") == "emit" and not message.get("callback")
@@ -191,13 +218,14 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
         room = self.subscriber.wanted.get(channel)
         if room is None:  # nobody here any more (UNSUBSCRIBE on its way)
             return
-        if payload.startswith(self._own):
-            return  # written to our own sockets when it was sent
         frame = frames.parse(payload)
         if frame.seq is not None and self.sequencer is not None:
+            # Our own chat messages too (emit); the line drops a second copy.
             await self.sequencer.accept(room, {"seq": frame.seq, "epoch": frame.epoch,
                                                "packet": frame.packet})
             return
+        if payload.startswith(self._own):
+            return  # an event written to our own sockets when it was sent
         await self._write_packet(frame.packet, "/", room, frame.skip,
                                  counted=frame.seq is not None)
 

@@ -61,7 +61,9 @@ class Subscriber:
         self.sharded = sharded
         prefix = "s" if sharded else ""
         self.commands = (f"{prefix}SUBSCRIBE".upper(), f"{prefix}UNSUBSCRIBE".upper())
-        self.kinds = (f"{prefix}message", f"{prefix}subscribe", f"{prefix}unsubscribe")
+        # What Redis calls its pushes, as they come off the connection.
+        self.kinds = tuple(f"{prefix}{kind}".encode()
+                           for kind in ("message", "subscribe", "unsubscribe"))
         self.on_moved = on_moved  # Redis dropped a channel we want: its slot moved
         self.on_lost = on_lost  # the connection broke (a failover, perhaps)
         self.wanted: dict[str, str] = {}  # room channel -> room
@@ -198,26 +200,38 @@ class Subscriber:
         await connection.send_packed_command(packed, check_health=False)
 
     async def _read(self, pubsub, sync):
-        """Yield published payloads, note confirmations, probe a silent link."""
+        """Yield published payloads, note confirmations, probe a silent link.
+
+        Replies are read straight off the subscription's connection:
+        redis-py's ``get_message`` wraps each one in a retry, a health check,
+        a dict and a lookup of handlers, none of which this needs, and a
+        replica reads a push per chat message of each of its rooms."""
+        connection = pubsub.connection
+        if connection is None:
+            raise ConnectionError("the subscription has no connection")
+        published, subscribed, unsubscribed = self.kinds
+        received = self.metrics.received
         heard = time.monotonic()
         pinged = False
         while True:
             if sync.done():  # it failed to write: this connection is done for
                 raise ConnectionError("could not change the subscriptions")
-            message = await pubsub.get_message(timeout=1.0)
+            # (None when a second passes in silence; an error when the
+            # connection breaks, which messages() answers with a new one)
+            reply = await connection.read_response(timeout=1.0, disconnect_on_error=False,
+                                                   push_request=True)
             now = time.monotonic()
-            if message is not None:
+            if reply is not None:
                 heard, pinged = now, False
-                kind = message["type"]
-                published, subscribed, unsubscribed = self.kinds
+                kind = reply[0] if isinstance(reply, list) and len(reply) == 3 else None
                 if kind == published:
-                    self.metrics.received.inc()
-                    yield _text(message["channel"]), message["data"]
+                    received.inc()
+                    yield _text(reply[1]), reply[2]
                 elif kind == subscribed:
-                    self._confirmed(message["channel"])
+                    self._confirmed(reply[1])
                 elif kind == unsubscribed:
-                    self._unsubscribed(_text(message["channel"]))
-                continue
+                    self._unsubscribed(_text(reply[1]))
+                continue  # (a PONG, say: the link is alive)
             silent = now - heard
             if silent > DEAD_AFTER:
                 raise ConnectionError(f"no answer from Redis for {silent:.0f} s")
