@@ -171,6 +171,26 @@ class RedisTopology:
             raise ClusterError(f"redis-cli --cluster create failed: {' '.join(last)}")
         wait_until(lambda: all("cluster_state:ok" in (command(n.port, "CLUSTER", "INFO") or "")
                                for n in self.nodes.values()), 20, "the Redis Cluster")
+        # Slots assigned is not replicas in sync: until each replica's link
+        # to its master is up, a WAIT for one replica times out (seen in CI
+        # on a loaded machine, right after the cluster was created).
+        wait_until(self._replicas_linked, 30, "the Redis Cluster's replicas")
+
+    def _replicas_linked(self) -> bool:
+        masters = replicas = 0
+        for node in self.nodes.values():
+            info = command(node.port, "INFO", "replication")
+            if not isinstance(info, dict):
+                return False
+            if info.get("role") == "master":
+                masters += 1
+                if not info.get("connected_slaves"):
+                    return False
+            elif info.get("master_link_status") == "up":
+                replicas += 1
+            else:
+                return False
+        return masters == replicas == len(self.nodes) // 2
 
 
 def create(kind: str, state_dir: Path, logs: Path) -> RedisTopology:
