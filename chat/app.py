@@ -186,8 +186,7 @@ async def backplane_lifetime(app: web.Application):
              ("admin UI", roster.close() if roster else asyncio.sleep(0)),
              ("Engine.IO", sio.shutdown()),
              ("backplane", app[MANAGER].close()),
-             ("history", namespace.history.close()),
-             ("ping timers", _cancel_ping_timers()))
+             ("history", namespace.history.close()))
     for what, step in steps:
         try:
             async with asyncio.timeout(STOP_STEP):
@@ -195,20 +194,6 @@ async def backplane_lifetime(app: web.Application):
         except TimeoutError:
             logger.warning("stopping: %s took more than %g s; going on", what, STOP_STEP)
     logger.info("replica %s stopped", settings.server_id)
-
-
-async def _cancel_ping_timers() -> None:
-    """Cancel Engine.IO's per-socket ping timers that outlive their sockets.
-
-    Each one sleeps for a ping interval; left pending when the worker's loop
-    closes, every one of them would be logged as "Task was destroyed but it
-    is pending!".
-    """
-    timers = [task for task in asyncio.all_tasks()
-              if getattr(task.get_coro(), "__qualname__", "") == "AsyncSocket._send_ping"]
-    for task in timers:
-        task.cancel()
-    await asyncio.gather(*timers, return_exceptions=True)
 
 
 def create_stores(settings: Settings, relay_host: str | None = None):

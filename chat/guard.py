@@ -22,6 +22,9 @@ after the one that closed the connection are not handled.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from engineio import async_socket, exceptions, packet, payload
 
 from .websocket import serve
@@ -52,8 +55,28 @@ class GuardedSocket(async_socket.AsyncSocket):
     """Engine.IO's socket, with a long-polling POST that refuses what does
     not decode, and a close that ends a pending long-poll at once; a
     connection that opens as a WebSocket is read by ``chat.websocket.serve``
-    (no task per frame).  ``chat.server.ChatServer`` gives every new socket
-    this class; it adds behaviour only, no state."""
+    (no task per frame), and pinged from a timer instead of a task.
+    ``chat.server.ChatServer`` gives every new socket this class; the one
+    state it adds is that timer."""
+
+    _ping_timer: asyncio.TimerHandle | None = None
+
+    def schedule_ping(self):
+        """The next PING in ``PING_INTERVAL`` seconds, as Engine.IO's does,
+        from a timer: Engine.IO starts a task that sleeps the interval, and
+        that task (with its coroutines, its Future and its context) was
+        about a kilobyte of every idle connection's memory."""
+        if self.last_ping:  # the previous ping was answered (or none was sent)
+            self.last_ping = None
+            self._ping_timer = asyncio.get_running_loop().call_later(
+                self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self.closing or self.closed:
+            return
+        self.last_ping = time.time()
+        self.queue.put_nowait(packet.Packet(packet.PING))
 
     async def _websocket_handler(self, ws):
         if self.connected or not hasattr(ws, "abort"):
@@ -64,6 +87,9 @@ class GuardedSocket(async_socket.AsyncSocket):
 
     async def close(self, wait=True, abort=False, reason=None):
         already = self.closed or self.closing
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
         await super().close(wait=wait, abort=abort, reason=reason)
         if abort and not already:
             # Engine.IO's abort (a client's CLOSE packet) leaves the client's

@@ -32,7 +32,7 @@ class SendQueue:
     """
 
     __slots__ = ("_done", "_getter", "_items", "_unfinished", "limit", "overflow", "size",
-                 "transport")
+                 "transport", "wake", "writing")
 
     def __init__(self, limit: int | None = None, overflow=None):
         # A list, not a deque: an idle connection's queue is empty, and an
@@ -45,6 +45,12 @@ class SendQueue:
         self.limit = limit  # None: unbounded; -1: refusing (over the limit)
         self.overflow = overflow
         self.transport = None
+        # A writer that runs only while there is something to write
+        # (chat.websocket.serve) sets ``wake``, called when an item waits,
+        # and raises ``writing`` while it writes; without it, a reader
+        # parks in get() as Engine.IO's writer and long-polls do.
+        self.wake = None
+        self.writing = False
 
     def qsize(self) -> int:
         return len(self._items)
@@ -62,6 +68,8 @@ class SendQueue:
             getter.set_result(item)
             return
         self._items.append(item)
+        if self.wake is not None:
+            self.wake()
         if item is None:
             return
         self.size += _length(item)
@@ -106,7 +114,10 @@ class SendQueue:
         return future
 
     def reader_waiting(self) -> bool:
-        """The reader is parked in ``get()`` on an empty queue."""
+        """Nothing waits and nobody is writing: the reader is parked in
+        ``get()`` on an empty queue, or the woken writer is not running."""
+        if self.wake is not None:
+            return not self.writing and not self._items
         return self._getter is not None and not self._getter.done()
 
     def task_done(self) -> None:

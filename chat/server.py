@@ -199,6 +199,16 @@ class ChatServer(socketio.AsyncServer):
             await self.refuse(eio_sid, f"malformed packet ({type(exc).__name__}: {exc})",
                               data)
 
+    async def _handle_event(self, eio_sid, namespace, id, data):
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        if sid is None or not self.manager.is_connected(sid, namespace or "/"):
+            # An event on a namespace the client is not in (its CONNECT was
+            # refused, or never sent): Socket.IO's clients hold their emits
+            # until connected, so this is not one.  The library would log a
+            # line per event, unbounded.
+            return await self.refuse(eio_sid, "event before a CONNECT was accepted", data)
+        await super()._handle_event(eio_sid, namespace, id, data)
+
     async def refuse(self, eio_sid, why: str, data) -> None:
         """One warning line (bounded per client), then the connection is shut."""
         socket = self.eio.sockets.get(eio_sid)

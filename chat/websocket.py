@@ -17,14 +17,17 @@ connection whose writer is idle can take it at once:
 Whatever cannot be written at once without overtaking something (the
 writer is busy or has packets waiting, the upgrade is not done, the TCP
 buffer backs up, the client missed its ping) takes Engine.IO's queue, with
-its order and backpressure.
+its order and backpressure.  The queue's writer (:class:`Writer`) is a task
+that runs only while the queue holds something, not one parked per
+connection: an idle client costs no task.
 
 Reading has the same kind of cost: Engine.IO's WebSocket loop starts a task
 for every frame it reads, and races it against a timer (``wait_for``), so
 that a client silent for ``PING_INTERVAL + PING_TIMEOUT`` seconds is let
 go.  :func:`serve` reads the frames in the connection's own task instead,
 and one timer per connection, pushed on lazily, lets a silent client go
-after the same time (its TCP connection is dropped, which ends the read).
+after the same time, as does one that leaves a ping unanswered past
+``PING_TIMEOUT`` (its TCP connection is dropped, which ends the read).
 What a frame then goes through is Engine.IO's as before (``receive``, the
 size limit, the writer task and how the session ends); a chat message goes
 straight to the handler Engine.IO would call (python-socketio's, which
@@ -121,8 +124,8 @@ class UncompressedWebSocket(eio_aiohttp.WebSocket):
         a hundred writers that frame the same bytes a hundred times.  A
         server's frames are not masked, so one frame fits every recipient:
         this writes it straight to the TCP transport, but only when nothing
-        can be overtaken: the writer is parked on an empty queue (so it has
-        written all it took), not in the middle of a send, the upgrade is
+        can be overtaken: the queue is empty and its writer is not running
+        (so all it took is written), not in the middle of a send, the upgrade is
         done and the connection's buffer is not backing up.  Otherwise the
         caller takes the queue, with its order and backpressure.
         """
@@ -168,7 +171,7 @@ async def serve(socket, ws) -> None:
     (see the module's docstring)."""
     server = socket.server
     socket.connected = socket.upgraded = True
-    writer = asyncio.ensure_future(_write_queue(socket, ws))
+    writer = Writer(socket, ws)
     loop = asyncio.get_running_loop()
     silence = server.ping_interval + server.ping_timeout
     heard = loop.time()
@@ -177,7 +180,8 @@ async def serve(socket, ws) -> None:
     def check() -> None:
         nonlocal timer
         quiet = loop.time() - heard
-        if quiet >= silence:
+        unanswered = socket.last_ping and time.time() - socket.last_ping > server.ping_timeout
+        if quiet >= silence or unanswered:
             ws.abort()  # the read below ends, and the session with it
         else:
             timer = loop.call_later(silence - quiet, check)
@@ -210,26 +214,62 @@ async def serve(socket, ws) -> None:
                 break
             except Exception:
                 server.logger.exception("Unknown receive error")
+            data = pkt = None  # nothing of the last frame kept while idle
     finally:
         timer.cancel()
     await socket.queue.put(None)  # the writer ends after what is queued
-    await writer
+    await writer.done()
     await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
 
-async def _write_queue(socket, ws) -> None:
-    """Write what Engine.IO queues for the client, until the queue says
-    stop (or stays empty past the ping timeout), then close the WebSocket."""
-    while True:
+class Writer:
+    """Writes what Engine.IO queues for a WebSocket client, in a task that
+    runs only while there is something to write.
+
+    Engine.IO keeps a writer task per connection parked on its queue (with
+    a ``wait_for``, its timer and its Future): more than a kilobyte of every
+    idle connection.  Here the connection's ``SendQueue`` wakes this writer
+    when a packet waits and no direct write could take it (``write`` above);
+    the task writes until the queue is empty and ends.  A ``None`` in the
+    queue closes the WebSocket after what came before it, and so does a
+    failed send (nothing more is written; the read loop then ends).
+    """
+
+    __slots__ = ("queue", "stopped", "task", "ws")
+
+    def __init__(self, socket, ws) -> None:
+        self.queue, self.ws = socket.queue, ws  # a SendQueue (ChatServer's create_queue)
+        self.task: asyncio.Task | None = None
+        self.stopped = False
+        self.queue.wake = self.wake
+        if not self.queue.empty():  # Engine.IO's OPEN packet, queued before
+            self.wake()
+
+    def wake(self) -> None:
+        if not self.stopped and (self.task is None or self.task.done()):
+            self.task = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        queue = self.queue
+        queue.writing = True
         try:
-            packets = await socket.poll()
-        except eio_exceptions.QueueEmpty:
-            break
-        if not packets:
-            break
-        try:
-            for pkt in packets:
-                await ws.send(pkt.encode())
+            while not queue.empty():
+                pkt = queue.get_nowait()
+                queue.task_done()
+                if pkt is None:
+                    break
+                await self.ws.send(pkt.encode())
+                pkt = None
+            else:
+                return
         except Exception:
-            break
-    await ws.close()
+            pass
+        finally:
+            queue.writing = False
+        self.stopped = True
+        await self.ws.close()
+
+    async def done(self) -> None:
+        """Wait until the writer has written up to the ``None`` queued last."""
+        if self.task is not None:
+            await self.task

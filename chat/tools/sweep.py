@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --chart: also draw this earlier results file, dashed")
     parser.add_argument("--table", action="store_true", help="only print the table from --out")
     parser.add_argument("--idle", type=int, metavar="N",
-                        help="only measure the memory cost of N idle connections")
+                        help="only measure the memory cost of N idle connections on one "
+                             "server (--topology pubsub, the default, and/or node)")
     parser.add_argument("--one-room", action="store_true",
                         help="with --idle: every connection in one room (presence grows "
                              "with it), instead of a room each")
@@ -274,7 +275,12 @@ def main(argv=None) -> int:
         chart(json.loads(args.out.read_text()), args.chart, baseline)
         return 0
     if args.idle:
-        print(json.dumps(idle_cost(args.idle, one_room=args.one_room)))
+        for name in args.topology or ["pubsub"]:
+            if name not in ("pubsub", "node"):
+                parser.error("--idle measures --topology pubsub or node")
+            cost = idle_cost(args.idle, one_room=args.one_room, env=BENCH_ENV,
+                             cluster_class=NodeCluster if name == "node" else LocalCluster)
+            print(json.dumps({"topology": name, **cost}), flush=True)
         return 0
     if args.table:
         print(table(json.loads(args.out.read_text())))
