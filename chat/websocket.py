@@ -246,7 +246,7 @@ class Writer:
             self.wake()
 
     def wake(self) -> None:
-        if not self.stopped and (self.task is None or self.task.done()):
+        if not self.stopped and self.task is None:
             self.task = asyncio.ensure_future(self._write())
 
     async def _write(self) -> None:
@@ -266,6 +266,7 @@ class Writer:
             pass
         finally:
             queue.writing = False
+            self.task = None  # a finished task is still a few hundred bytes
         self.stopped = True
         await self.ws.close()
 
