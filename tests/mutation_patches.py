@@ -49,7 +49,8 @@ CATCHERS = {
         ["tests/test_chaos.py", "-k", "counts_add_up and pubsub"]],
     "resume-skips-the-first-missed-message": [
         ["tests/test_failures.py", "-k", "sigterm"],
-        ["tests/test_failures.py", "-k", "rolling"]],
+        ["tests/test_failures.py", "-k", "rolling"],
+        ["tests/test_cluster_pubsub.py", "-k", "resumes"]],
     "session-gives-up-a-repair-cut-by-a-reconnection": [
         ["tests/test_history.py", "-k", "repair_cut"]],
     "clean-text-without-type-checks": [

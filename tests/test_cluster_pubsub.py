@@ -4,8 +4,8 @@ A Cluster of 3 masters and 3 replicas (``chat/tools/redis_topology.py``,
 real redis-server processes) and three replica processes.  Rooms are chosen
 so that their slots fall on each of the three masters; what the replicas
 write is read off the wire (``wire.Reader``), before any client repair.
-Also on a Cluster: ``/readyz`` through a master's death
-(``cluster_slots.py`` says where things are).
+Also on a Cluster: ``/readyz`` through a master's death, and a client's
+resume (``cluster_slots.py`` says where things are).
 """
 
 from __future__ import annotations
@@ -252,3 +252,37 @@ async def test_readyz_is_503_while_a_master_of_its_rooms_is_dead(cluster_factory
     print(f"\n/readyz 503 after {not_ready:.2f} s ({reason}), 200 again after {ready:.2f} s")
     assert alive(replica.pid)
 
+
+async def test_a_client_resumes_on_a_cluster_with_exactly_what_it_missed(cluster_factory,
+                                                                       connect):
+    """A room on a master that is neither redis-py's default node nor the
+    control channel's: its member on replica-1 leaves (replica-1 drops the
+    room's channel), messages go on through replica-2, and the member comes
+    back to replica-1 with its resume point."""
+    cluster = cluster_factory(replicas=2, mode="pubsub", proxy=False, redis="cluster")
+    r1, r2 = cluster.replicas
+    room = room_on(plain_master(cluster)[1], "resume")
+    sender = await connect(r2.url, "sender", room=room)
+    ana = await connect(r1.url, "ana", room=room)
+    for n in range(3):
+        assert (await sender.send(f"seen {n}"))["ok"]
+    await ana.wait_for(lambda: len(ana.messages) == 3, timeout=10)
+    epoch, seen = ana.welcome["epoch"], ana.seqs()[-1]
+    await ana.sio.disconnect()
+
+    missed = [await sender.send(f"missed {n}") for n in range(5)]
+    assert all(ack["ok"] for ack in missed), missed
+    back = await connect(r1.url, "ana again", auth={
+        "name": "ana", "key": ana.key, "room": room, "resume": {"epoch": epoch, "seq": seen}})
+    assert back.welcome["resumed"] is True and back.welcome["gap"] is None
+    replayed = back.welcome["history"]
+    assert [m["seq"] for m in replayed] == [ack["seq"] for ack in missed]
+    assert [m["text"] for m in replayed] == [f"missed {n}" for n in range(5)]
+
+    acks = [await sender.send(f"after {n}") for n in range(3)]
+    assert all(ack["ok"] for ack in acks), acks
+    after = [ack["seq"] for ack in acks]
+    await back.wait_for(lambda: after[-1] in back.seqs(), timeout=10)
+    assert back.seqs() == after  # live, none of the replayed ones again
+    seqs = ana.seqs() + [m["seq"] for m in replayed] + back.seqs()
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
