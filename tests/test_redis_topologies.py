@@ -12,6 +12,7 @@ spread over all three.  Real redis-server processes (``redis_sentinel``,
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 import signal
 import time
@@ -31,13 +32,25 @@ KEYS = RedisKeys("chat:messages")
 ODD_ROOMS = ["general", "}x", "{a}b", "a}b", "a%7Db", "%", "{}", "ünï cödé", "x" * 32]
 
 
+def room_names(room: str) -> dict[str, str]:
+    """Every name ``RedisKeys`` gives a room (its keys and its channel): each
+    public method that takes a room, so a key added there is covered here."""
+    return {name: getattr(KEYS, name)(room) for name, member in vars(RedisKeys).items()
+            if not name.startswith("_") and callable(member)
+            and list(inspect.signature(member).parameters) == ["self", "room"]}
+
+
+def test_the_room_names_are_all_found():
+    assert {"room_channel", "room_meta", "room_log", "room_ids", "room_presence",
+            "room_connections", "room_counts", "room_names"} <= set(room_names("r"))
+
+
 @pytest.mark.parametrize("room", ODD_ROOMS)
 def test_every_key_of_a_room_is_in_one_slot(room):
-    keys = [KEYS.room_meta(room), KEYS.room_log(room), KEYS.room_ids(room),
-            KEYS.room_presence(room)]
-    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
-    # ... and the slot is the tag's: the tag is whole, not cut at a brace.
-    assert key_slot(keys[0].encode()) == key_slot(hash_tag(room).encode())
+    names = room_names(room)
+    # the slot of each is the tag's: the tag is whole, not cut at a brace.
+    slots = {name: key_slot(key.encode()) for name, key in names.items()}
+    assert set(slots.values()) == {key_slot(hash_tag(room).encode())}, (names, slots)
 
 
 def test_distinct_rooms_get_distinct_tags():
