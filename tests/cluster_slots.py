@@ -1,7 +1,7 @@
 """Where things are on the tests' Redis Cluster: each master's slots, a room
 on a given master, a node by port; and moving a slot by hand.
 
-For ``test_cluster_pubsub.py``.
+For ``test_cluster_pubsub.py`` and ``test_redis_topologies.py``.
 """
 
 from __future__ import annotations
