@@ -6,12 +6,16 @@
 # either way with DOCKER=yes or DOCKER=no.
 
 N ?= 3
-MODE ?= socketio
 PORT ?= 8080
 REDIS_URL ?=
 # The Redis make up starts: single (one server with AOF), sentinel (a master,
 # a replica, 3 sentinels) or cluster (3 masters + 3 replicas).
 REDIS ?= single
+# The backplane: socketio, or pubsub, the only one that runs on a Redis
+# Cluster (python-socketio's manager has no Cluster support), hence the
+# default with REDIS=cluster or a redis+cluster:// REDIS_URL; an explicit
+# MODE=socketio there is refused by the replicas, in one line.
+MODE ?= $(if $(filter cluster,$(REDIS))$(findstring +cluster://,$(REDIS_URL)),pubsub,socketio)
 PYTHON ?= python3
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=

@@ -31,6 +31,8 @@ CATCHERS = {
         ["tests/test_cluster_pubsub.py", "-k", "master_killed"]],
     "shards-ignore-a-migrated-slot": [
         ["tests/test_cluster_pubsub.py", "-k", "migrated"]],
+    "cluster-readiness-sees-only-the-control-channel": [
+        ["tests/test_cluster_pubsub.py", "-k", "readyz"]],
     "subscriber-forgets-its-rooms-after-a-break": [
         ["tests/test_room_channels.py", "-k", "subscribed_again"],
         ["tests/test_failures.py", "-k", "redis_outage and pubsub"]],
@@ -47,7 +49,8 @@ CATCHERS = {
         ["tests/test_chaos.py", "-k", "counts_add_up and pubsub"]],
     "resume-skips-the-first-missed-message": [
         ["tests/test_failures.py", "-k", "sigterm"],
-        ["tests/test_failures.py", "-k", "rolling"]],
+        ["tests/test_failures.py", "-k", "rolling"],
+        ["tests/test_cluster_pubsub.py", "-k", "resumes"]],
     "session-gives-up-a-repair-cut-by-a-reconnection": [
         ["tests/test_history.py", "-k", "repair_cut"]],
     "clean-text-without-type-checks": [

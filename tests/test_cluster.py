@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from collections import Counter
 import pytest
 import socketio
 
-from chat.tools.cluster import ROOT, LocalCluster, Replica, alive, free_port
+from chat.tools.cluster import ROOT, LocalCluster, Replica, alive, default_mode, free_port
 from chat.tools.nginx import NGINX_TEMPLATE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -200,6 +201,29 @@ def test_compose_keeps_redis_private_and_scales_the_server():
     assert {"redis", "sentinel-1", "cluster-init"} <= set(waits_for)
     assert services["nginx"]["depends_on"]["server"]["condition"] == "service_healthy"
     assert services["nginx"]["ports"] == ["${CHAT_PORT:-8080}:8080"]
+
+
+def test_a_redis_cluster_gets_the_pubsub_mode_unless_told_otherwise():
+    """socketio mode cannot run on a Cluster: make up REDIS=cluster (compose
+    or local processes) and chat-cluster pick pubsub there; an explicit
+    socketio is passed on, for the replicas to refuse in one line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MODE", "REDIS", "REDIS_URL")}
+
+    def planned(*args: str) -> str:
+        return subprocess.run(["make", "-n", "up", *args], cwd=ROOT, env=env, check=True,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    for docker, shown in (("no", "--mode {} "), ("yes", "REDIS_MODE={} ")):
+        assert shown.format("socketio") in planned(f"DOCKER={docker}")
+        assert shown.format("socketio") in planned(f"DOCKER={docker}", "REDIS=sentinel")
+        assert shown.format("pubsub") in planned(f"DOCKER={docker}", "REDIS=cluster")
+        assert shown.format("pubsub") in planned(f"DOCKER={docker}",
+                                                 "REDIS_URL=rediss+cluster://h:1")
+        assert shown.format("socketio") in planned(f"DOCKER={docker}", "REDIS=cluster",
+                                                   "MODE=socketio")
+    assert [default_mode(redis, url) for redis, url in (
+        ("single", ""), ("sentinel", ""), ("cluster", ""), ("single", "redis+cluster://h:1"),
+        ("cluster", "redis://h:1"))] == ["socketio", "socketio", "pubsub", "pubsub", "socketio"]
 
 
 async def test_clients_without_a_sticky_key_are_spread_and_polling_stays_put(shared_clusters):

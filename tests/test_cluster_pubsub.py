@@ -4,6 +4,8 @@ A Cluster of 3 masters and 3 replicas (``chat/tools/redis_topology.py``,
 real redis-server processes) and three replica processes.  Rooms are chosen
 so that their slots fall on each of the three masters; what the replicas
 write is read off the wire (``wire.Reader``), before any client repair.
+Also on a Cluster: ``/readyz`` through a master's death, and a client's
+resume (``cluster_slots.py`` says where things are).
 """
 
 from __future__ import annotations
@@ -11,35 +13,25 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
+from cluster_slots import (
+    KEYS,
+    listeners_at,
+    masters,
+    masters_or_none,
+    migrate_slot,
+    node_named,
+    plain_master,
+    room_on,
+)
 from redis.crc import key_slot
 from wire import check_wire, contiguous, keep_sending, metric
 
-from chat.redis_keys import RedisKeys
 from chat.tools.processes import alive
 from chat.tools.redis_topology import command
 
 pytestmark = pytest.mark.slow
-KEYS = RedisKeys("chat:messages")
-
-
-def masters(cluster) -> dict[int, tuple[int, int]]:
-    """Each master's port -> the slot range it owns (one range per master here)."""
-    port = next(n.port for n in cluster.topology.nodes.values() if alive(n.pid))
-    return {int(entry[2][1]): (int(entry[0]), int(entry[1]))
-            for entry in command(port, "CLUSTER", "SLOTS")}
-
-
-def room_on(owned: tuple[int, int], prefix: str) -> str:
-    for i in range(10_000):
-        room = f"{prefix}-{i}"
-        if owned[0] <= key_slot(KEYS.room_channel(room).encode()) <= owned[1]:
-            return room
-    raise AssertionError("no room name found for the slot range")
-
-
-def node_named(cluster, port: int) -> str:
-    return next(name for name, node in cluster.topology.nodes.items() if node.port == port)
 
 
 async def test_rooms_on_every_master_cross_replicas_each_on_its_shard(
@@ -143,30 +135,6 @@ async def test_a_master_killed_loses_no_acked_message(cluster_factory, connect, 
     check_wire(audience, ok)
 
 
-def listeners_at(port: int, channel: str) -> int:
-    reply = command(port, "PUBSUB", "SHARDNUMSUB", channel)
-    return int(reply[1]) if reply else 0
-
-
-def masters_or_none(cluster) -> dict:
-    try:
-        return masters(cluster)
-    except Exception:  # the node asked is the one that died
-        return {}
-
-
-def migrate_slot(slot: int, source: int, target: int, others: list[int]) -> None:
-    """Move ``slot`` from the master on port ``source`` to the one on
-    ``target``, keys and all, the way redis-cli --cluster reshard does."""
-    source_id, target_id = command(source, "CLUSTER", "MYID"), command(target, "CLUSTER", "MYID")
-    command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
-    command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
-    while keys := command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
-        command(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
-    for port in (target, source, *others):
-        command(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
-
-
 async def test_a_busy_rooms_slot_migrated_loses_nothing(cluster_factory, connect, readers):
     cluster = cluster_factory(replicas=2, mode="pubsub", proxy=False, redis="cluster")
     r1, r2 = cluster.replicas
@@ -244,3 +212,77 @@ async def test_many_rooms_subscribed_at_once_all_live(cluster_factory, connect, 
         await reader.until(lambda reader=reader: reader.seqs == [1], timeout=10)
     assert await metric(r2.url, "chat_backplane_received") - heard == 30
     assert await metric(r2.url, "chat_messages_recovered") == recovered
+
+
+async def readyz(url: str, http: aiohttp.ClientSession) -> tuple[bool, str]:
+    try:
+        async with http.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return r.status == 200, (await r.json())["reason"]
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return False, f"no answer: {exc!r}"
+
+
+async def test_readyz_is_503_while_a_master_of_its_rooms_is_dead(cluster_factory, connect):
+    """Readiness covers every master the replica hears a room on, not only
+    the control channel's: one SIGKILLed (neither the control channel's nor
+    redis-py's default node) makes /readyz 503 before its replica is
+    promoted, and 200 again by itself afterwards (the dead node stays dead)."""
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False, redis="cluster")
+    replica = cluster.replicas[0]
+    victim, owned = plain_master(cluster)
+    await connect(replica.url, "member", room=room_on(owned, "ready"))
+
+    def failed_over() -> bool:
+        now = masters_or_none(cluster)
+        return len(now) == 3 and victim not in now
+
+    async with aiohttp.ClientSession() as http:
+        assert (await readyz(replica.url, http))[0]
+        cluster.topology.kill(node_named(cluster, victim))
+        killed_at = time.monotonic()
+        while (answer := await readyz(replica.url, http))[0]:
+            assert not failed_over(), "the failover completed while /readyz said 200"
+            assert time.monotonic() < killed_at + 60, "/readyz 200 for 60 s"
+            await asyncio.sleep(0.05)
+        not_ready, reason = time.monotonic() - killed_at, answer[1]
+        while not (await readyz(replica.url, http))[0]:
+            assert time.monotonic() < killed_at + 60, "/readyz not 200 again within 60 s"
+            await asyncio.sleep(0.1)
+        ready = time.monotonic() - killed_at
+    print(f"\n/readyz 503 after {not_ready:.2f} s ({reason}), 200 again after {ready:.2f} s")
+    assert alive(replica.pid)
+
+
+async def test_a_client_resumes_on_a_cluster_with_exactly_what_it_missed(cluster_factory,
+                                                                       connect):
+    """A room on a master that is neither redis-py's default node nor the
+    control channel's: its member on replica-1 leaves (replica-1 drops the
+    room's channel), messages go on through replica-2, and the member comes
+    back to replica-1 with its resume point."""
+    cluster = cluster_factory(replicas=2, mode="pubsub", proxy=False, redis="cluster")
+    r1, r2 = cluster.replicas
+    room = room_on(plain_master(cluster)[1], "resume")
+    sender = await connect(r2.url, "sender", room=room)
+    ana = await connect(r1.url, "ana", room=room)
+    for n in range(3):
+        assert (await sender.send(f"seen {n}"))["ok"]
+    await ana.wait_for(lambda: len(ana.messages) == 3, timeout=10)
+    epoch, seen = ana.welcome["epoch"], ana.seqs()[-1]
+    await ana.sio.disconnect()
+
+    missed = [await sender.send(f"missed {n}") for n in range(5)]
+    assert all(ack["ok"] for ack in missed), missed
+    back = await connect(r1.url, "ana again", auth={
+        "name": "ana", "key": ana.key, "room": room, "resume": {"epoch": epoch, "seq": seen}})
+    assert back.welcome["resumed"] is True and back.welcome["gap"] is None
+    replayed = back.welcome["history"]
+    assert [m["seq"] for m in replayed] == [ack["seq"] for ack in missed]
+    assert [m["text"] for m in replayed] == [f"missed {n}" for n in range(5)]
+
+    acks = [await sender.send(f"after {n}") for n in range(3)]
+    assert all(ack["ok"] for ack in acks), acks
+    after = [ack["seq"] for ack in acks]
+    await back.wait_for(lambda: after[-1] in back.seqs(), timeout=10)
+    assert back.seqs() == after  # live, none of the replayed ones again
+    seqs = ana.seqs() + [m["seq"] for m in replayed] + back.seqs()
+    assert seqs == list(range(1, len(seqs) + 1)), seqs

@@ -12,14 +12,21 @@ spread over all three.  Real redis-server processes (``redis_sentinel``,
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import secrets
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
+from cluster_slots import masters_or_none, node_named, plain_master
 from redis.crc import key_slot
 
+from chat.backplane import shards
+from chat.backplane.shards import Shards
 from chat.history import HistoryNotReplicated, RedisHistory
+from chat.metrics import Metrics
 from chat.presence_store import ARRIVED, RedisStore, Seat, entry
 from chat.redis_clients import redis_client
 from chat.redis_keys import RedisKeys, hash_tag
@@ -31,13 +38,25 @@ KEYS = RedisKeys("chat:messages")
 ODD_ROOMS = ["general", "}x", "{a}b", "a}b", "a%7Db", "%", "{}", "ünï cödé", "x" * 32]
 
 
+def room_names(room: str) -> dict[str, str]:
+    """Every name ``RedisKeys`` gives a room (its keys and its channel): each
+    public method that takes a room, so a key added there is covered here."""
+    return {name: getattr(KEYS, name)(room) for name, member in vars(RedisKeys).items()
+            if not name.startswith("_") and callable(member)
+            and list(inspect.signature(member).parameters) == ["self", "room"]}
+
+
+def test_the_room_names_are_all_found():
+    assert {"room_channel", "room_meta", "room_log", "room_ids", "room_presence",
+            "room_connections", "room_counts", "room_names"} <= set(room_names("r"))
+
+
 @pytest.mark.parametrize("room", ODD_ROOMS)
 def test_every_key_of_a_room_is_in_one_slot(room):
-    keys = [KEYS.room_meta(room), KEYS.room_log(room), KEYS.room_ids(room),
-            KEYS.room_presence(room)]
-    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
-    # ... and the slot is the tag's: the tag is whole, not cut at a brace.
-    assert key_slot(keys[0].encode()) == key_slot(hash_tag(room).encode())
+    names = room_names(room)
+    # the slot of each is the tag's: the tag is whole, not cut at a brace.
+    slots = {name: key_slot(key.encode()) for name, key in names.items()}
+    assert set(slots.values()) == {key_slot(hash_tag(room).encode())}, (names, slots)
 
 
 def test_distinct_rooms_get_distinct_tags():
@@ -166,3 +185,45 @@ def test_chat_cluster_runs_pubsub_replicas_on_a_redis_cluster_and_stops_every_no
         cluster.down()
     assert not cluster.running()
     assert not any(alive(pid) for pid in pids)
+
+
+
+async def test_readiness_on_a_cluster_follows_its_state_through_a_failover(redis_cluster,
+                                                                          monkeypatch):
+    """The pubsub mode's shard links (``backplane/shards.py``) hold only the
+    control channel here, so a master with none of them dying is seen only
+    through CLUSTER INFO: not ready while the Cluster says ``fail`` (a master
+    marked failed, its replica not yet promoted), ready again after."""
+    monkeypatch.setattr(shards, "CLUSTER_STATE_EVERY", 0)  # each poll asks (in-process)
+    client = redis_client(redis_cluster.url, "chat:test:ready", 4)
+    links = Shards(client, "chat:test:ready", KEYS.channel, Metrics("t", "pubsub"),
+                   logging.getLogger("test"), on_confirmed=lambda rooms: None)
+    reader = asyncio.ensure_future(anext(links.messages()))
+    found = SimpleNamespace(topology=redis_cluster)
+    victim, _ = plain_master(found)  # no link there, and not where CLUSTER INFO goes
+
+    def failed_over() -> bool:
+        now = masters_or_none(found)
+        return len(now) == 3 and victim not in now
+
+    try:
+        deadline = time.monotonic() + 30
+        while not (await links.ready())[0]:
+            assert time.monotonic() < deadline, await links.ready()
+            await asyncio.sleep(0.05)
+        assert client.get_default_node().port != victim
+        redis_cluster.kill(node_named(found, victim))
+        deadline = time.monotonic() + 60
+        while (answer := await links.ready())[0]:
+            assert not failed_over(), "the failover completed while ready"
+            assert time.monotonic() < deadline, "ready for 60 s"
+            await asyncio.sleep(0.05)
+        assert "cluster_state:fail" in answer[1], answer
+        while not (await links.ready())[0]:
+            assert time.monotonic() < deadline, "not ready again within 60 s"
+            await asyncio.sleep(0.1)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await links.close()
+        await client.aclose()

@@ -239,6 +239,8 @@ class ManualRedisManager(Observed, AsyncPubSubManager):
 
     # -- what the rest of the app asks -----------------------------------
     async def ready(self):
+        if self.sharded:  # every shard link, and the Cluster's own state (shards.py)
+            return await self.subscriber.ready()
         if not self.subscriber.subscribed:
             return False, "not subscribed to the Redis channel"
         if not await ping(self.redis):

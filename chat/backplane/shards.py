@@ -24,6 +24,15 @@ anew:
 
 Each newly confirmed room channel reads the room's history for what it
 missed, as on one Redis (``Sequencer.refresh``).
+
+Ready (:meth:`Shards.ready`, ``/readyz``) means: the control channel is
+confirmed, no link is down (a link stays down from its master's death until
+its channels move to the promoted replica), and the Cluster serves every
+slot (``CLUSTER INFO``'s ``cluster_state:ok``, which turns ``fail`` once a
+master is marked failed, whether or not this replica has a room there).
+Readiness is asked often: the links are looked at in memory, and one
+``CLUSTER INFO`` answer, asked of any node that answers within a second,
+stands for ``CLUSTER_STATE_EVERY`` seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from redis.asyncio.cluster import RedisCluster
@@ -40,6 +50,8 @@ from ..redis_clients import shard_client
 from .subscriber import Subscriber
 
 PLACE_AGAIN_AFTER = 0.2  # seconds between reading the slot map and placing moved channels
+CLUSTER_STATE_EVERY = 1.0  # seconds one CLUSTER INFO answer stands for readiness
+CLUSTER_STATE_WITHIN = 1.0  # seconds CLUSTER INFO has to answer
 
 
 class Shards:
@@ -61,6 +73,9 @@ class Shards:
         self.closing: set[asyncio.Task] = set()  # links being closed
         self.started = False
         self.channel_of: Callable[[str], str] = str  # set by the manager
+        self.state: tuple[bool, str] = (False, "the Cluster's state not asked yet")
+        self.state_at = float("-inf")
+        self.asking = asyncio.Lock()  # one CLUSTER INFO at a time
 
     # -- the manager's face ------------------------------------------------------
     @property
@@ -71,6 +86,30 @@ class Shards:
     @property
     def confirmed(self) -> set[str]:
         return {c for link in self.links.values() for c in link.confirmed}
+
+    async def ready(self) -> tuple[bool, str]:
+        """``(ready, reason)``: see the module's docstring."""
+        if not self.subscribed:
+            return False, "not subscribed to the Redis channel"
+        down = sorted(name for name, link in self.links.items() if link.broken)
+        if down:
+            return False, f"the subscription to Cluster node {down[0]} is down"
+        async with self.asking:  # callers meanwhile wait for its answer (bounded)
+            if time.monotonic() - self.state_at >= CLUSTER_STATE_EVERY:
+                self.state = await self._cluster_state()
+                self.state_at = time.monotonic()
+        return self.state
+
+    async def _cluster_state(self) -> tuple[bool, str]:
+        try:
+            # redis-py asks its default node, and another one if that fails
+            info = await asyncio.wait_for(self.cluster.cluster_info(), CLUSTER_STATE_WITHIN)
+        except (TimeoutError, OSError, RedisError) as exc:
+            return False, f"no Cluster node answers CLUSTER INFO ({exc or type(exc).__name__})"
+        state = info.get("cluster_state")
+        if state != "ok":
+            return False, f"the Cluster reports cluster_state:{state} (a slot without a master)"
+        return True, "subscribed"
 
     def want(self, room: str) -> None:
         channel = self.channel_of(room)

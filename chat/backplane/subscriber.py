@@ -71,6 +71,7 @@ class Subscriber:
         self.confirmed: set[str] = set()  # channels Redis confirmed (control too)
         self.changed = asyncio.Event()
         self.subscribed = False  # the control channel is confirmed (a shard's link: connected)
+        self.broken = False  # the last attempt failed, or the connection broke (readiness)
         self.channel_of: Callable[[str], str] = str  # set by the manager
         self.count = lambda: self.metrics.channels.set(len(self.confirmed))
 
@@ -102,7 +103,7 @@ class Subscriber:
             sync = None
             try:
                 await self._subscribe_control(pubsub)
-                self.subscribed = True
+                self.subscribed, self.broken = True, False
                 if ever:
                     self.metrics.reconnects.inc()
                 self.log.info("backplane: subscribed %sto %s after %.1f s (%d attempts)",
@@ -114,7 +115,7 @@ class Subscriber:
                 async for item in self._read(pubsub, sync):
                     yield item
             except (OSError, RedisError) as exc:
-                self.subscribed = False
+                self.subscribed, self.broken = False, True
                 if self.on_lost is not None:
                     self.on_lost()
                 if lost_at is None or attempts == 0:

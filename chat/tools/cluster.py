@@ -354,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Redis, N replicas and NGINX")
     up.add_argument("--replicas", "-n", type=int, default=3)
-    up.add_argument("--mode", choices=("socketio", "pubsub", "memory"), default="socketio",
-                    help="backplane; memory = one replica without Redis")
+    up.add_argument("--mode", choices=("socketio", "pubsub", "memory"), default=None,
+                    help="backplane; memory = one replica without Redis (default: pubsub "
+                         "on a Redis Cluster, the only one that runs there, else socketio)")
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
     up.add_argument("--redis", choices=redis_topology.KINDS, default="single",
@@ -371,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_mode(redis: str, redis_url: str) -> str:
+    """pubsub on a Redis Cluster (python-socketio's manager, socketio mode,
+    has no Cluster support: its replicas would refuse to start), else socketio."""
+    cluster = redis_url.split("://")[0].endswith("+cluster") if redis_url else redis == "cluster"
+    return "pubsub" if cluster else "socketio"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -378,7 +386,8 @@ def main(argv=None) -> int:
     cluster = LocalCluster(Path(args.state_dir))
     try:
         if args.command == "up":
-            cluster.up(args.replicas, args.mode, args.port, args.redis_url or None,
+            cluster.up(args.replicas, args.mode or default_mode(args.redis, args.redis_url),
+                       args.port, args.redis_url or None,
                        redis=args.redis)
             print(f"chat is up at http://localhost:{cluster.port}/ "
                   f"({len(cluster.replicas)} replicas, mode {cluster.mode})")
