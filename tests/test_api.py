@@ -1,11 +1,12 @@
 """The HTTP API through NGINX, against three replica processes and Redis:
 a post reaches socket clients on every replica, numbered like theirs; an
-idempotent retry delivers once; refusals are JSON with their status."""
+idempotent retry delivers once; refusals are JSON with their status, and so is a bug of ours."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from chat.app import create_app
+from chat.appkeys import NAMESPACE
 from chat.settings import Settings
 
 KEY = "api-key-for-tests-0123456789"
@@ -139,3 +141,21 @@ async def test_the_api_is_off_without_keys():
     async with TestClient(TestServer(create_app(Settings(server_id="t")))) as client:
         refused = await client.get("/api/rooms", headers=AUTH)
         assert refused.status == 403 and "API_KEYS" in (await refused.json())["error"]
+
+
+async def test_a_bug_is_a_json_500_with_its_traceback_in_the_log_only(caplog):
+    app = create_app(Settings(api_keys=(KEY,), server_id="t"))
+
+    async def broken(limit):
+        raise RuntimeError("detail-for-the-log-only")
+
+    app[NAMESPACE].presence.rooms = broken
+    async with TestClient(TestServer(app)) as client:
+        with caplog.at_level(logging.ERROR, logger="chat.api"):
+            failed = await client.get("/api/rooms", headers=AUTH)
+            assert failed.status == 500
+            assert failed.content_type == "application/json"
+            assert await failed.json() == {"error": "internal error"}
+    (record,) = [r for r in caplog.records if r.name == "chat.api"]
+    assert record.getMessage() == "api: GET /api/rooms failed: internal error"
+    assert "detail-for-the-log-only" in str(record.exc_info[1])
