@@ -1,6 +1,7 @@
 """The HTTP API through NGINX, against three replica processes and Redis:
 a post reaches socket clients on every replica, numbered like theirs; an
-idempotent retry delivers once; refusals are JSON with their status, and so is a bug of ours."""
+idempotent retry delivers once, on the replica that answered first or on
+another; refusals are JSON with their status, and so is a bug of ours."""
 
 from __future__ import annotations
 
@@ -74,6 +75,38 @@ async def test_a_post_reaches_every_replica_once_even_when_retried(trio, connect
     assert (status, presence["count"], presence["connections"]) == (200, 3, 3)
     status, rooms, _ = await acall(f"{trio.url}/api/rooms?limit=1000")
     assert {"room": room, "people": 3} in rooms["rooms"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_a_retry_on_another_replica_gets_the_first_answer(cluster_factory, connect):
+    """Posted on replica A, retried on replica B once the room's log has moved
+    past the message (HISTORY_LENGTH=2): the message's id is no longer in the
+    log, so only the answer A kept where B can read it (Redis) tells B that
+    this was posted already.  With an answer store in each replica's memory B
+    would post it a second time."""
+    duo = cluster_factory(replicas=2, mode="pubsub", proxy=False,
+                          env={"API_KEYS": KEY, "HISTORY_LENGTH": "2", "HISTORY_ON_JOIN": "0"})
+    one, two = duo.replicas
+    room = f"api-{secrets.token_hex(3)}"
+    clients = [await connect(r.url, f"c{i}", room=room) for i, r in enumerate(duo.replicas)]
+    assert clients[0].server != clients[1].server
+    post, key = {"name": "deploy-bot", "text": "deploy finished"}, {"Idempotency-Key": "d-7"}
+    first = await acall(f"{one.url}/api/rooms/{room}/messages", "POST", post, key)
+    assert first[:2] == (201, {"room": room, "id": first[1]["id"], "seq": 1})
+    assert "Idempotent-Replayed" not in first[2]
+    for text in ("second", "third"):
+        assert (await clients[0].send(text))["ok"]
+    again = await acall(f"{two.url}/api/rooms/{room}/messages", "POST", post, key)
+    assert again[:2] == first[:2] and again[2].get("Idempotent-Replayed") == "true", again
+    # A barrier after the retry: once it is in, a second copy would be too.
+    barrier = await acall(f"{two.url}/api/rooms/{room}/messages", "POST",
+                          {"name": "deploy-bot", "text": "barrier"}, {"Idempotency-Key": "b-1"})
+    assert barrier[:2] == (201, {"room": room, "id": barrier[1]["id"], "seq": 4})
+    for client in clients:
+        await client.wait_for(lambda c=client: "barrier" in c.texts())
+        assert client.texts() == ["deploy finished", "second", "third", "barrier"]
+        assert client.seqs() == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
