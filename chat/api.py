@@ -19,8 +19,10 @@ Every request needs ``Authorization: Bearer <key>`` with a key of
 has its own token bucket on each replica (``API_RATE``/``API_BURST``, 429
 with ``Retry-After``).  A body is read up to ``MAX_FRAME_BYTES`` and no
 further (413), a text longer than ``MAX_MESSAGE_LENGTH`` is 413 too, and
-Redis not answering is 503.  Every error is JSON ``{"error": "..."}``
-(:func:`api_errors`), so a client never parses an HTML page.
+Redis not answering is 503, and a bug of ours is 500 ``internal error`` (the
+traceback goes to the log, never to the client).  Every error is JSON
+``{"error": "..."}`` (:func:`api_errors`), so a client never parses an HTML
+or plain-text page.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT = 100
 MAX_ROOMS_LISTED = 1000
 NO_STORAGE = "the chat's storage (Redis) does not answer; try again"
+INTERNAL = "internal error"
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -65,7 +69,8 @@ def answer(status: int, body: dict, **headers) -> web.Response:
 
 @web.middleware
 async def api_errors(request: web.Request, handler):
-    """Under /api/, every refusal as JSON ``{error}``; Redis down as 503."""
+    """Under /api/, every refusal as JSON ``{error}``; Redis down as 503; any
+    other exception (a bug) 500, its traceback logged once."""
     if not request.path.startswith("/api/"):
         return await handler(request)
     try:
@@ -76,6 +81,11 @@ async def api_errors(request: web.Request, handler):
         return answer(503, {"error": NO_STORAGE})
     except web.HTTPException as exc:  # no route (404), wrong method (405)
         return answer(exc.status, {"error": exc.reason.lower()})
+    except Exception:
+        # A bug of ours: its traceback belongs in the log (one record), and
+        # nothing of it in the answer, which stays JSON like every other.
+        log.exception("api: %s %s failed: internal error", request.method, request.path[:100])
+        return answer(500, {"error": INTERNAL})
 
 
 class Api:

@@ -74,6 +74,18 @@ CATCHERS = {
         ["tests/test_recovery.py", "-k", "past_the_presence and pubsub"]],
     "recovery-parks-nothing": [
         ["tests/test_recovery.py", "-k", "client_closed and socketio and polling"]],
+    "api-answers-in-each-replica": [
+        ["tests/test_api.py", "-k", "another_replica"]],
+    "public-key-file-ignored": [
+        ["tests/test_auth.py", "-k", "public_key_file"]],
+    "api-bug-answered-in-plain-text": [
+        ["tests/test_api.py", "-k", "json_500"]],
+    "api-status-missing-from-openapi": [
+        ["tests/test_docs.py", "-k", "openapi"]],
+    "compose-public-key-not-passed": [
+        ["tests/test_cluster.py", "-k", "public_key_file"]],
+    "monitoring-command-without-redis": [
+        ["tests/test_monitoring.py", "-k", "starts_a_redis"]],
 }
 
 

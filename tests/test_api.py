@@ -1,11 +1,13 @@
 """The HTTP API through NGINX, against three replica processes and Redis:
 a post reaches socket clients on every replica, numbered like theirs; an
-idempotent retry delivers once; refusals are JSON with their status."""
+idempotent retry delivers once, on the replica that answered first or on
+another; refusals are JSON with their status, and so is a bug of ours."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from chat.app import create_app
+from chat.appkeys import NAMESPACE
 from chat.settings import Settings
 
 KEY = "api-key-for-tests-0123456789"
@@ -72,6 +75,38 @@ async def test_a_post_reaches_every_replica_once_even_when_retried(trio, connect
     assert (status, presence["count"], presence["connections"]) == (200, 3, 3)
     status, rooms, _ = await acall(f"{trio.url}/api/rooms?limit=1000")
     assert {"room": room, "people": 3} in rooms["rooms"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_a_retry_on_another_replica_gets_the_first_answer(cluster_factory, connect):
+    """Posted on replica A, retried on replica B once the room's log has moved
+    past the message (HISTORY_LENGTH=2): the message's id is no longer in the
+    log, so only the answer A kept where B can read it (Redis) tells B that
+    this was posted already.  With an answer store in each replica's memory B
+    would post it a second time."""
+    duo = cluster_factory(replicas=2, mode="pubsub", proxy=False,
+                          env={"API_KEYS": KEY, "HISTORY_LENGTH": "2", "HISTORY_ON_JOIN": "0"})
+    one, two = duo.replicas
+    room = f"api-{secrets.token_hex(3)}"
+    clients = [await connect(r.url, f"c{i}", room=room) for i, r in enumerate(duo.replicas)]
+    assert clients[0].server != clients[1].server
+    post, key = {"name": "deploy-bot", "text": "deploy finished"}, {"Idempotency-Key": "d-7"}
+    first = await acall(f"{one.url}/api/rooms/{room}/messages", "POST", post, key)
+    assert first[:2] == (201, {"room": room, "id": first[1]["id"], "seq": 1})
+    assert "Idempotent-Replayed" not in first[2]
+    for text in ("second", "third"):
+        assert (await clients[0].send(text))["ok"]
+    again = await acall(f"{two.url}/api/rooms/{room}/messages", "POST", post, key)
+    assert again[:2] == first[:2] and again[2].get("Idempotent-Replayed") == "true", again
+    # A barrier after the retry: once it is in, a second copy would be too.
+    barrier = await acall(f"{two.url}/api/rooms/{room}/messages", "POST",
+                          {"name": "deploy-bot", "text": "barrier"}, {"Idempotency-Key": "b-1"})
+    assert barrier[:2] == (201, {"room": room, "id": barrier[1]["id"], "seq": 4})
+    for client in clients:
+        await client.wait_for(lambda c=client: "barrier" in c.texts())
+        assert client.texts() == ["deploy finished", "second", "third", "barrier"]
+        assert client.seqs() == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -139,3 +174,21 @@ async def test_the_api_is_off_without_keys():
     async with TestClient(TestServer(create_app(Settings(server_id="t")))) as client:
         refused = await client.get("/api/rooms", headers=AUTH)
         assert refused.status == 403 and "API_KEYS" in (await refused.json())["error"]
+
+
+async def test_a_bug_is_a_json_500_with_its_traceback_in_the_log_only(caplog):
+    app = create_app(Settings(api_keys=(KEY,), server_id="t"))
+
+    async def broken(limit):
+        raise RuntimeError("detail-for-the-log-only")
+
+    app[NAMESPACE].presence.rooms = broken
+    async with TestClient(TestServer(app)) as client:
+        with caplog.at_level(logging.ERROR, logger="chat.api"):
+            failed = await client.get("/api/rooms", headers=AUTH)
+            assert failed.status == 500
+            assert failed.content_type == "application/json"
+            assert await failed.json() == {"error": "internal error"}
+    (record,) = [r for r in caplog.records if r.name == "chat.api"]
+    assert record.getMessage() == "api: GET /api/rooms failed: internal error"
+    assert "detail-for-the-log-only" in str(record.exc_info[1])

@@ -1,7 +1,9 @@
-"""Signed identities: each bad token is refused with its own reason, against
-replica processes that hold the key (HS256 from AUTH_JWT_SECRET, RS256 and
-ES256 from an AUTH_JWT_PUBLIC_KEY file), and the name, the user id and the
-rooms a connection gets come from the token alone."""
+"""Signed identities: each bad token is refused with its own reason, in
+process for HS256, RS256 and ES256 keys, and against replica processes that
+hold the key: HS256 from AUTH_JWT_SECRET, RS256 from an AUTH_JWT_PUBLIC_KEY
+PEM file (ES256 keys only in process: the key's type picks the algorithm,
+nothing else differs).  The name, the user id and the rooms a connection
+gets come from the token alone."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def pem(private) -> str:
@@ -118,6 +121,15 @@ def signed(shared_clusters):
                            env={"AUTH_JWT_SECRET": SECRET})
 
 
+@pytest.fixture(scope="module")
+def rs_signed(shared_clusters, tmp_path_factory):
+    """One replica that verifies RS256 tokens with a public key from a PEM file."""
+    key_file = tmp_path_factory.mktemp("keys") / "public.pem"
+    key_file.write_text(pem(RSA_KEY))
+    return shared_clusters(replicas=1, mode="pubsub", proxy=False,
+                           env={"AUTH_JWT_PUBLIC_KEY": str(key_file)})
+
+
 def health(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
         return json.loads(response.read())
@@ -179,3 +191,23 @@ async def test_the_token_decides_name_user_and_rooms(signed, connect):
     assert not any(p["id"] == "user-42" for e in bia.presence for p in e["left"])
     await tab2.sio.disconnect()
     await bia.wait_for(lambda: bia.saw("left", "Ana Lima"))
+
+
+async def test_a_replica_with_a_public_key_file_verifies_rs256_tokens(rs_signed, connect):
+    url = rs_signed.replicas[0].url
+    assert health(url)["auth"] == "RS256"
+    log = (rs_signed.logs / "replica-1.log").read_text()
+    assert "identities: signed identities (RS256 tokens required)" in log
+    reasons = [await refusal(url, {"token": token}) for token in (
+        # HMAC-signed with the replica's own public key (the PEM text) as the secret.
+        hand_made({"alg": "HS256", "typ": "JWT"}, claims(), pem(RSA_KEY).encode()),
+        jwt.encode(claims(exp=int(time.time()) - 5), RSA_KEY, algorithm="RS256"),
+        jwt.encode(claims(), OTHER_RSA_KEY, algorithm="RS256"),
+    )]
+    assert reasons == [
+        "token refused: algorithm confusion (HS256 token; this chat verifies RS256 only)",
+        "token refused: expired (exp is past)",
+        "token refused: bad signature (signed with another key, or altered)"]
+    token = jwt.encode(claims(sub="user-9", name="Caio"), RSA_KEY, algorithm="RS256")
+    caio = await connect(url, "x", auth={"token": token, "name": "Mallory"})
+    assert (caio.welcome["name"], caio.welcome["id"]) == ("Caio", "user-9")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import socketio
@@ -224,6 +225,35 @@ def test_a_redis_cluster_gets_the_pubsub_mode_unless_told_otherwise():
     assert [default_mode(redis, url) for redis, url in (
         ("single", ""), ("sentinel", ""), ("cluster", ""), ("single", "redis+cluster://h:1"),
         ("cluster", "redis://h:1"))] == ["socketio", "socketio", "pubsub", "pubsub", "socketio"]
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:+replacement}``."""
+    def one(match: re.Match) -> str:
+        name, operator, word = match.groups()
+        found = env.get(name, "")
+        if operator == ":-":
+            return found or word
+        return (word if found else "") if operator == ":+" else found
+    return re.sub(r"\$\{(\w+)(?:(:[-+])([^}]*))?\}", one, value)
+
+
+@pytest.mark.parametrize("host_file", ["", "/srv/keys/jwt-public.pem"])
+def test_compose_hands_the_public_key_file_to_the_replicas_read_only(host_file):
+    from ruamel.yaml import YAML
+
+    from chat.settings import load_settings
+
+    server = YAML(typ="safe").load((ROOT / "compose.yaml").read_text())["services"]["server"]
+    env = {"AUTH_JWT_PUBLIC_KEY": host_file}
+    setting = interpolate(server["environment"]["AUTH_JWT_PUBLIC_KEY"], env)
+    mounts = {target: (source, mode) for source, target, mode in
+              (interpolate(v, env).split(":") for v in server["volumes"])}
+    if host_file:
+        assert setting.startswith("/") and mounts[setting] == (host_file, "ro")
+    else:  # no key: open mode, and the mount's source is there
+        assert setting == "" and load_settings({"AUTH_JWT_PUBLIC_KEY": setting}).open_mode
+        assert all(Path(source).exists() for source, _ in mounts.values())
 
 
 async def test_clients_without_a_sticky_key_are_spread_and_polling_stays_put(shared_clusters):

@@ -188,7 +188,53 @@ def test_every_setting_is_in_the_readmes_configuration_table():
     assert not missing, f"settings the README's configuration table does not name: {missing}"
 
 
+def api_code(function: str, seen: frozenset = frozenset()) -> tuple[set[int], dict]:
+    """What a function of chat/api.py can answer, read from its code: the
+    statuses of its ``ApiError(status, ...)`` and ``answer(status, ...)``
+    calls, and the query parameters of its ``_query_int(request, name,
+    default, low, high)`` calls as ``{name: (default, low, high, setting)}``
+    (``setting``: the Settings field a bound comes from, else None); the
+    ``self.x()`` methods and module functions it calls are read too."""
+    import ast
+    import types
+
+    from chat import api
+    from chat.settings import Settings
+
+    source = ROOT / "chat" / "api.py"
+    tree = ast.parse(source.read_text())
+    functions = {n.name: n for n in ast.walk(tree)
+                 if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    scope = {**vars(api), "self": types.SimpleNamespace(settings=Settings())}
+    statuses, query = set(), {}
+    for node in ast.walk(functions[function]):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else (
+            func.attr if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+            and func.value.id == "self" else None)
+        if called in ("ApiError", "answer") and isinstance(node.args[0], ast.Constant):
+            statuses.add(node.args[0].value)
+        elif called == "_query_int":
+            name, default, low, high = (eval(compile(ast.Expression(a), str(source), "eval"),
+                                             scope) for a in node.args[1:])
+            bound = ast.unparse(node.args[4])
+            setting = bound.split(".")[-1] if bound.startswith("self.settings.") else None
+            query[name] = (default, low, high, setting)
+        if called in functions and called not in seen | {function}:
+            more_statuses, more_query = api_code(called, seen | {function})
+            statuses |= more_statuses
+            query |= more_query
+    return statuses, query
+
+
 def test_the_openapi_file_is_valid_and_matches_the_routes():
+    """The same operations as the app serves under /api/rooms; each with the
+    statuses its handler can answer (its own, and the middleware's and the
+    catch-all's, which any call can meet), and the same query parameters with
+    the same default and bounds (a bound that is a setting named in the
+    parameter's description, its default value in the file)."""
     from openapi_spec_validator import validate
     from ruamel.yaml import YAML
 
@@ -198,11 +244,26 @@ def test_the_openapi_file_is_valid_and_matches_the_routes():
     spec = YAML(typ="safe").load((ROOT / "docs" / "openapi.yaml").read_text())
     validate(spec)
     app = create_app(Settings(server_id="docs"))
-    served = {(r.method, r.resource.canonical) for r in app.router.routes()
-              if r.resource is not None and r.resource.canonical.startswith("/api/rooms")}
-    described = {(method.upper(), path) for path, item in spec["paths"].items()
-                 for method in item if method != "parameters"}
-    assert described == served - {("HEAD", p) for _, p in served}
+    handlers = {(r.method, r.resource.canonical): r.handler.__name__
+                for r in app.router.routes()
+                if r.resource is not None and r.resource.canonical.startswith("/api/rooms")
+                and r.method != "HEAD"}
+    operations = {(method.upper(), path): operation for path, item in spec["paths"].items()
+                  for method, operation in item.items() if method != "parameters"}
+    assert set(operations) == set(handlers)
+    anywhere = api_code("api_errors")[0] | api_code("not_found")[0]
+    assert {404, 500, 503} <= anywhere  # what the reading above must find
+    for route, handler in handlers.items():
+        statuses, query = api_code(handler)
+        operation = operations[route]
+        assert {int(s) for s in operation["responses"]} == statuses | anywhere, route
+        described = {p["name"]: p for p in operation.get("parameters", ()) if p["in"] == "query"}
+        assert set(described) == set(query), route
+        for name, (default, low, high, setting) in query.items():
+            schema = described[name]["schema"]
+            assert (schema.get("default"), schema.get("minimum"), schema.get("maximum")) == (
+                default, low, high), (route, name)
+            assert setting is None or setting.upper() in described[name]["description"]
 
 
 def test_every_breakage_patch_still_applies():

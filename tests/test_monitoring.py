@@ -68,3 +68,20 @@ def test_every_dashboard_query_names_an_exposed_metric():
             unknown = {n for n in names if n != "up" and n not in exposed
                        and n.removesuffix("_bucket") + "_bucket" not in exposed}
             assert not unknown, (panel["title"], target["expr"], unknown)
+
+
+def test_every_monitoring_command_starts_a_redis_too():
+    """The profile adds Prometheus and Grafana only; the chat's Redis is a
+    profile of its own, so a command naming only ``--profile monitoring``
+    would start replicas that have no Redis to reach."""
+    services = load(ROOT / "compose.yaml")["services"]
+    redis_profiles = {p for s in services.values() for p in s.get("profiles", ())} - {
+        "monitoring"}
+    found = []
+    for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "compose.yaml"):
+        for command in re.findall(r"docker compose[^`\n]*--profile monitoring[^`\n]*",
+                                  doc.read_text()):
+            found.append(command)
+            named = set(re.findall(r"--profile (\S+)", command))
+            assert named & redis_profiles, f"{doc.name}: {command!r} starts no Redis"
+    assert len(found) >= 2, found  # the README's and compose.yaml's own
