@@ -133,6 +133,19 @@ def test_every_selector_finds_the_chat_pods(overlay):
     assert (target["kind"], target["name"]) == ("Deployment", "chat")
 
 
+def test_what_an_autoscaler_scales_leaves_the_count_to_it(overlay):
+    """A replicas field beside an HPA is reapplied by every `kubectl apply`:
+    a Deployment the HPA had scaled out would be cut back to it, and the
+    replicas removed would drop their clients."""
+    name, objects = overlay
+    for hpa in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = one(objects, ref["kind"], ref["name"])
+        assert "replicas" not in target["spec"], (
+            f"{name}: {ref['kind']}/{ref['name']} sets replicas, which "
+            f"HorizontalPodAutoscaler/{hpa['metadata']['name']} owns")
+
+
 def test_redis_accepts_only_the_chat_on_the_ports_of_its_url(overlay):
     name, objects = overlay
     policy = one(objects, "NetworkPolicy", "redis-accepts-only-chat")["spec"]
