@@ -43,6 +43,9 @@ ARBITER_SLACK = 1.0
 # Settings the code does not accept yet, with the refusal it gives until then
 # (pubsub mode on a Redis Cluster was one, until issue 15's second half).
 NOT_YET: dict[str, str] = {}
+# What a prefix the Ingress routes is asked for with (the others: a file of the page).
+ASKED = {"/socket.io": "/socket.io/?EIO=4&transport=polling", "/api": "/api/rooms"}
+API_KEY = "kubernetes-test-api-key"
 
 
 def gunicorn_command() -> list[str]:
@@ -63,6 +66,21 @@ def routed(path: str, ingress: list[tuple[str, str]]) -> bool:
                for kind, p in ingress)
 
 
+def proxied_locations(conf: str) -> list[tuple[bool, str]]:
+    """``(exact, path)`` for every location of nginx.conf that proxies to
+    the replicas (its body has ``proxy_pass http://chat_replicas``)."""
+    found = re.findall(r"^\s*location\s+(?:(=|\^~)\s+)?([^\s{]+)\s*\{([^{}]*)\}", conf, re.M)
+    return [(modifier == "=", path) for modifier, path, body in found
+            if re.search(r"^\s*proxy_pass http://chat_replicas;", body, re.M)]
+
+
+def covers(prefix: str, ingress: list[tuple[str, str]]) -> bool:
+    """An Ingress path of type Prefix routes every path under ``prefix``."""
+    base = prefix.rstrip("/")
+    return any(kind == "Prefix" and (base == p.rstrip("/") or base.startswith(p.rstrip("/") + "/"))
+               for kind, p in ingress)
+
+
 def probes(container: dict) -> dict[str, dict]:
     return {kind: container[kind]["httpGet"]
             for kind in ("readinessProbe", "livenessProbe", "startupProbe") if kind in container}
@@ -79,17 +97,29 @@ async def test_probe_metrics_and_ingress_paths_answer_on_the_app(name):
     inside = [p["path"] for p in probes(chat_container(objects)).values()]
     inside += [e["path"] for e in one(objects, "ServiceMonitor")["spec"]["endpoints"]]
     assert not [p for p in inside if routed(p, ingress)], "health and metrics stay inside"
-    # A path the Ingress routes by prefix is asked for with what the page asks.
-    wanted = {**{p: p for _, p in ingress}, "/socket.io": "/socket.io/?EIO=4&transport=polling"}
-    for _, prefix in (i for i in ingress if i[0] == "Prefix" and i[1] != "/socket.io"):
-        wanted[prefix] = next(a for a in assets if a.startswith(prefix + "/"))
-    app = create_app(Settings(server_id="kubernetes-test"))
+    # A path the Ingress routes by prefix is asked for with what the page
+    # (or, for the API, a backend) asks.
+    wanted = {p: ASKED.get(p) or next(a for a in assets if a.startswith(p + "/"))
+              if kind == "Prefix" else p for kind, p in ingress}
+    app = create_app(Settings(server_id="kubernetes-test", api_keys=(API_KEY,)))
     async with TestClient(TestServer(app)) as client:
         for path in [*inside, *wanted.values()]:
-            response = await client.get(path)
+            response = await client.get(path, headers={"Authorization": f"Bearer {API_KEY}"})
             assert response.status == 200, f"{name}: GET {path} answers {response.status}"
         metrics = await (await client.get("/metrics")).text()
         assert "chat_connected_clients" in metrics
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_ingress_routes_every_location_nginx_conf_proxies_to_the_replicas(name):
+    """A location added to deploy/nginx.conf is a path the chat serves
+    through the proxy: the Ingress must route it too."""
+    proxied = proxied_locations(NGINX_CONF)
+    assert (True, "/replicas") in proxied and (False, "/socket.io/") in proxied, proxied
+    ingress = served_paths(overlay(name))
+    missing = [("= " if exact else "") + path for exact, path in proxied
+               if not (routed(path, ingress) if exact else covers(path, ingress))]
+    assert not missing, f"{name}: nginx.conf proxies what the Ingress does not route: {missing}"
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
