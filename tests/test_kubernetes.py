@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import textwrap
 
 import jsonschema
 import pytest
-import yaml
-from kube import KUBE, OVERLAYS, ROOT, chat_labels, environment, kustomize, matches, one
+from kube import KUBE, OVERLAYS, chat_labels, environment, kustomize, matches, one
 from kube import overlay as rendered
 from kubernetes_validate import utils as kv
 from referencing import Registry, Resource
-from test_docs import shell_lines
 
 from chat.redis_url import parse_redis_url
 
@@ -180,41 +176,3 @@ def test_the_single_redis_keeps_an_append_only_file_on_a_volume():
     service = one(objects, "Service", "chat-redis")
     port = service["spec"]["ports"][0]["port"]
     assert url.startswith(f"redis://{service['metadata']['name']}:{port}/")
-
-
-DEPLOY_DOC = ROOT / "docs" / "deploy.md"
-
-
-def test_the_kubectl_lines_of_the_docs_name_what_is_here():
-    """test_docs.py leaves kubectl lines to this file: every manifest folder
-    or file of the repository they name renders or parses."""
-    lines = [line for where, line in shell_lines() if where.startswith("deploy.md")
-             and line.split()[0] == "kubectl"]
-    named = []
-    for line in lines:
-        argv = shlex.split(line)
-        for flag in ("-k", "kustomize", "-f", "--patch-file"):
-            if flag in argv and argv[argv.index(flag) + 1].startswith("deploy/"):
-                named.append((flag, ROOT / argv[argv.index(flag) + 1]))
-    assert {flag for flag, _ in named} >= {"-k", "kustomize", "--patch-file"}, lines
-    for flag, path in named:
-        if flag in ("-k", "kustomize"):
-            kustomize(path)
-        else:
-            assert yaml.safe_load(path.read_text()), path
-
-
-def test_the_docs_own_overlay_renders_with_its_image_and_host(tmp_path):
-    """The overlay docs/deploy.md tells a reader to write, as written (its
-    path to this repository aside)."""
-    text = DEPLOY_DOC.read_text()
-    block = re.search(r"```yaml\n# my-chat/kustomization.yaml\n(.*?)```", text, re.S)
-    mine = yaml.safe_load(textwrap.dedent(block.group(1)))
-    (tmp_path / "my-chat").mkdir()
-    here = os.path.relpath(ROOT, tmp_path / "my-chat")
-    mine["resources"] = [r.replace("../chat", here) for r in mine["resources"]]
-    (tmp_path / "my-chat" / "kustomization.yaml").write_text(yaml.safe_dump(mine))
-    objects = kustomize(tmp_path / "my-chat")
-    image = one(objects, "Deployment", "chat")["spec"]["template"]["spec"]["containers"][0]
-    assert image["image"] == "registry.example.com/chat-server:1.0"
-    assert one(objects, "Ingress")["spec"]["rules"][0]["host"] == "chat.yourcompany.com"
