@@ -37,6 +37,17 @@ def overlay(name: str) -> list[dict]:
     return kustomize(KUBE / "overlays" / name)
 
 
+# The kinds without a namespace that a kustomization here could render.
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PersistentVolume", "StorageClass", "PriorityClass", "IngressClass",
+                  "APIService"}
+
+
+def namespaces(objects: list[dict]) -> set[str | None]:
+    """The namespaces of the namespaced objects (None: one has none)."""
+    return {o["metadata"].get("namespace") for o in objects if o["kind"] not in CLUSTER_SCOPED}
+
+
 def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     found = [o for o in objects if o["kind"] == kind
              and (name is None or o["metadata"]["name"] == name)]
