@@ -9,9 +9,10 @@ not against a second copy of the figures:
   one the image's gunicorn binds (the Dockerfile's CMD);
 * every environment variable is one ``load_settings`` reads (recorded while
   it reads), and its value parses, alone and with the overlay's others;
-* the grace period covers the preStop sleep plus the longest a replica can
-  take to stop: gunicorn's ``graceful_timeout`` (deploy/gunicorn.conf.py),
-  after which its master kills the worker whatever it is doing;
+* gunicorn's ``graceful_timeout`` (deploy/gunicorn.conf.py), after which its
+  master kills the worker whatever it is doing, covers the longest the app's
+  stop can take (the bounds chat.app puts on its steps, recorded on a real
+  app, summed); the grace period covers the preStop sleep plus that;
 * the Ingress hashes on the variable deploy/nginx.conf hashes on, made by the
   same map, from the query parameter the page's JS sends;
 * the Ingress's timeouts outlast PING_INTERVAL + PING_TIMEOUT as the overlay
@@ -20,6 +21,7 @@ not against a second copy of the figures:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import runpy
@@ -39,7 +41,8 @@ from kube import (
     variables,
 )
 
-from chat.app import create_app
+import chat.app
+from chat.app import STOP_STEP, create_app
 from chat.metrics import Metrics
 from chat.redis_url import parse_redis_url
 from chat.settings import Settings, load_settings
@@ -50,6 +53,12 @@ GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 # After the last worker is gone the gunicorn master reaps it (it polls every
 # 0.1 s) and exits: a second is ample.
 ARBITER_SLACK = 1.0
+# Between the drain and the stop's steps, aiohttp waits for the requests still
+# running.  The Socket.IO ones end with their connections (the drain closes
+# them); an API call's Redis commands each give up within a second or two
+# (POOL_WAIT, the socket timeout).  A request hanging longer takes its time
+# from the steps' (aiohttp would wait up to 95 % of graceful_timeout).
+IN_FLIGHT = 2.0
 # What a prefix the Ingress routes is asked for with (the others: a file of the page).
 ASKED = {"/socket.io": "/socket.io/?EIO=4&transport=polling", "/api": "/api/rooms"}
 API_KEY = "kubernetes-test-api-key"
@@ -181,13 +190,41 @@ def test_every_environment_variable_is_a_setting_and_parses(name):
     assert load_settings(env).redis_url == env["REDIS_URL"]
 
 
+async def stop_bounds(monkeypatch) -> list[float]:
+    """The bound of each step of a replica's stop, as the code sets them:
+    a real app started and stopped, with every ``asyncio.timeout`` chat.app
+    asks for recorded.  The steps run one after the other, so the longest
+    the stop can take is their sum (each step hanging to its bound)."""
+    bounds: list[float] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(asyncio, name)
+
+        @staticmethod
+        def timeout(delay):
+            bounds.append(delay)
+            return asyncio.timeout(delay)
+
+    monkeypatch.setattr(chat.app, "asyncio", Recording())
+    async with TestClient(TestServer(create_app(Settings(server_id="grace-test")))):
+        pass
+    return bounds
+
+
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_the_grace_period_covers_the_drain(name):
+async def test_the_grace_period_covers_the_drain(name, monkeypatch):
+    bounds = await stop_bounds(monkeypatch)
+    assert len(bounds) > 1 and set(bounds) == {STOP_STEP}, bounds
+    graceful = runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"]
+    stop = sum(bounds) + IN_FLIGHT
+    assert graceful >= stop, (
+        f"gunicorn's graceful_timeout ({graceful} s) would kill a worker still stopping: "
+        f"{len(bounds)} steps of up to {STOP_STEP:g} s + {IN_FLIGHT:g} s for requests in flight")
     spec = pod_spec(overlay(name))
     pre_stop = chat_container(overlay(name))["lifecycle"]["preStop"]
     sleep = pre_stop["sleep"]["seconds"]
     assert sleep >= 1, "the ingress must hear the replica is leaving before it stops"
-    graceful = runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"]
     drain = sleep + graceful + ARBITER_SLACK
     assert spec["terminationGracePeriodSeconds"] >= drain, (
         f"preStop {sleep} s + gunicorn's graceful_timeout {graceful} s + {ARBITER_SLACK} s")
