@@ -11,8 +11,14 @@ worker_class = "aiohttp.GunicornUVLoopWebWorker"
 workers = 1
 
 # On SIGTERM the worker stops accepting, tells its clients to reconnect
-# elsewhere and has this long to finish; aiohttp uses 95% of it.
-graceful_timeout = 10
+# elsewhere and has this long to finish, after which the master kills it.
+# Its stop (chat/app.py, backplane_lifetime) runs 8 steps one after the
+# other, each bounded by STOP_STEP (2 s): 16 s when Redis stalls on every
+# one, plus the requests still running after the drain (aiohttp waits for
+# them first, up to 95% of this).  20 s lets a stalled stop finish its
+# steps; tests/test_kubernetes_code.py reads the steps' bounds from the app
+# and holds this to their sum, and Kubernetes' grace period to this.
+graceful_timeout = 20
 timeout = 30
 keepalive = 5
 

@@ -50,6 +50,7 @@ ELSEWHERE = {
     "docker": "compose.yaml is validated against the compose schema (test_cluster.py)",
     "git": "the project's own history",
     "kubectl": "manifests are rendered and validated in their own tests",
+    "helm": "its lines install what deploy/kubernetes expects (test_kubernetes_docs.py)",
 }
 MAKE_BUILTINS = {"MAKEFLAGS"}
 

@@ -9,9 +9,10 @@ not against a second copy of the figures:
   one the image's gunicorn binds (the Dockerfile's CMD);
 * every environment variable is one ``load_settings`` reads (recorded while
   it reads), and its value parses, alone and with the overlay's others;
-* the grace period covers the preStop sleep plus the longest a replica can
-  take to stop: gunicorn's ``graceful_timeout`` (deploy/gunicorn.conf.py),
-  after which its master kills the worker whatever it is doing;
+* gunicorn's ``graceful_timeout`` (deploy/gunicorn.conf.py), after which its
+  master kills the worker whatever it is doing, covers the longest the app's
+  stop can take (the bounds chat.app puts on its steps, recorded on a real
+  app, summed); the grace period covers the preStop sleep plus that;
 * the Ingress hashes on the variable deploy/nginx.conf hashes on, made by the
   same map, from the query parameter the page's JS sends;
 * the Ingress's timeouts outlast PING_INTERVAL + PING_TIMEOUT as the overlay
@@ -20,6 +21,7 @@ not against a second copy of the figures:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import runpy
@@ -27,12 +29,23 @@ import runpy
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from kube import KUBE, OVERLAYS, ROOT, chat_container, environment, one, overlay, pod_spec
+from kube import (
+    KUBE,
+    OVERLAYS,
+    ROOT,
+    chat_container,
+    environment,
+    one,
+    overlay,
+    pod_spec,
+    variables,
+)
 
-from chat.app import create_app
+import chat.app
+from chat.app import STOP_STEP, create_app
 from chat.metrics import Metrics
 from chat.redis_url import parse_redis_url
-from chat.settings import Settings, SettingsError, load_settings
+from chat.settings import Settings, load_settings
 
 NGINX_CONF = (ROOT / "deploy" / "nginx.conf").read_text()
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -40,9 +53,15 @@ GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 # After the last worker is gone the gunicorn master reaps it (it polls every
 # 0.1 s) and exits: a second is ample.
 ARBITER_SLACK = 1.0
-# Settings the code does not accept yet, with the refusal it gives until then
-# (pubsub mode on a Redis Cluster was one, until issue 15's second half).
-NOT_YET: dict[str, str] = {}
+# Between the drain and the stop's steps, aiohttp waits for the requests still
+# running.  The Socket.IO ones end with their connections (the drain closes
+# them); an API call's Redis commands each give up within a second or two
+# (POOL_WAIT, the socket timeout).  A request hanging longer takes its time
+# from the steps' (aiohttp would wait up to 95 % of graceful_timeout).
+IN_FLIGHT = 2.0
+# What a prefix the Ingress routes is asked for with (the others: a file of the page).
+ASKED = {"/socket.io": "/socket.io/?EIO=4&transport=polling", "/api": "/api/rooms"}
+API_KEY = "kubernetes-test-api-key"
 
 
 def gunicorn_command() -> list[str]:
@@ -63,6 +82,21 @@ def routed(path: str, ingress: list[tuple[str, str]]) -> bool:
                for kind, p in ingress)
 
 
+def proxied_locations(conf: str) -> list[tuple[bool, str]]:
+    """``(exact, path)`` for every location of nginx.conf that proxies to
+    the replicas (its body has ``proxy_pass http://chat_replicas``)."""
+    found = re.findall(r"^\s*location\s+(?:(=|\^~)\s+)?([^\s{]+)\s*\{([^{}]*)\}", conf, re.M)
+    return [(modifier == "=", path) for modifier, path, body in found
+            if re.search(r"^\s*proxy_pass http://chat_replicas;", body, re.M)]
+
+
+def covers(prefix: str, ingress: list[tuple[str, str]]) -> bool:
+    """An Ingress path of type Prefix routes every path under ``prefix``."""
+    base = prefix.rstrip("/")
+    return any(kind == "Prefix" and (base == p.rstrip("/") or base.startswith(p.rstrip("/") + "/"))
+               for kind, p in ingress)
+
+
 def probes(container: dict) -> dict[str, dict]:
     return {kind: container[kind]["httpGet"]
             for kind in ("readinessProbe", "livenessProbe", "startupProbe") if kind in container}
@@ -79,17 +113,29 @@ async def test_probe_metrics_and_ingress_paths_answer_on_the_app(name):
     inside = [p["path"] for p in probes(chat_container(objects)).values()]
     inside += [e["path"] for e in one(objects, "ServiceMonitor")["spec"]["endpoints"]]
     assert not [p for p in inside if routed(p, ingress)], "health and metrics stay inside"
-    # A path the Ingress routes by prefix is asked for with what the page asks.
-    wanted = {**{p: p for _, p in ingress}, "/socket.io": "/socket.io/?EIO=4&transport=polling"}
-    for _, prefix in (i for i in ingress if i[0] == "Prefix" and i[1] != "/socket.io"):
-        wanted[prefix] = next(a for a in assets if a.startswith(prefix + "/"))
-    app = create_app(Settings(server_id="kubernetes-test"))
+    # A path the Ingress routes by prefix is asked for with what the page
+    # (or, for the API, a backend) asks.
+    wanted = {p: ASKED.get(p) or next(a for a in assets if a.startswith(p + "/"))
+              if kind == "Prefix" else p for kind, p in ingress}
+    app = create_app(Settings(server_id="kubernetes-test", api_keys=(API_KEY,)))
     async with TestClient(TestServer(app)) as client:
         for path in [*inside, *wanted.values()]:
-            response = await client.get(path)
+            response = await client.get(path, headers={"Authorization": f"Bearer {API_KEY}"})
             assert response.status == 200, f"{name}: GET {path} answers {response.status}"
         metrics = await (await client.get("/metrics")).text()
         assert "chat_connected_clients" in metrics
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_ingress_routes_every_location_nginx_conf_proxies_to_the_replicas(name):
+    """A location added to deploy/nginx.conf is a path the chat serves
+    through the proxy: the Ingress must route it too."""
+    proxied = proxied_locations(NGINX_CONF)
+    assert (True, "/replicas") in proxied and (False, "/socket.io/") in proxied, proxied
+    ingress = served_paths(overlay(name))
+    missing = [("= " if exact else "") + path for exact, path in proxied
+               if not (routed(path, ingress) if exact else covers(path, ingress))]
+    assert not missing, f"{name}: nginx.conf proxies what the Ingress does not route: {missing}"
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -132,29 +178,53 @@ def settings_read() -> set[str]:
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_every_environment_variable_is_a_setting_and_parses(name):
+    """Every variable, those of the Secrets the operator creates included
+    (checked by name: their values are the operator's)."""
     env = environment(overlay(name))
-    unknown = set(env) - settings_read()
+    unknown = variables(overlay(name)) - settings_read()
     assert not unknown, f"{name}: variables load_settings does not read: {sorted(unknown)}"
     parse_redis_url(env["REDIS_URL"])  # its form, whatever the mode
     for variable, value in env.items():
         if variable != "REDIS_URL":  # alone it would meet the default mode
             load_settings({variable: value})
-    try:
-        settings = load_settings(env)
-    except SettingsError as exc:
-        if NOT_YET.get(name, "\0") in str(exc):
-            pytest.xfail(f"{name}: {exc}")
-        raise
-    assert settings.redis_url == env["REDIS_URL"]
+    assert load_settings(env).redis_url == env["REDIS_URL"]
+
+
+async def stop_bounds(monkeypatch) -> list[float]:
+    """The bound of each step of a replica's stop, as the code sets them:
+    a real app started and stopped, with every ``asyncio.timeout`` chat.app
+    asks for recorded.  The steps run one after the other, so the longest
+    the stop can take is their sum (each step hanging to its bound)."""
+    bounds: list[float] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(asyncio, name)
+
+        @staticmethod
+        def timeout(delay):
+            bounds.append(delay)
+            return asyncio.timeout(delay)
+
+    monkeypatch.setattr(chat.app, "asyncio", Recording())
+    async with TestClient(TestServer(create_app(Settings(server_id="grace-test")))):
+        pass
+    return bounds
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_the_grace_period_covers_the_drain(name):
+async def test_the_grace_period_covers_the_drain(name, monkeypatch):
+    bounds = await stop_bounds(monkeypatch)
+    assert len(bounds) > 1 and set(bounds) == {STOP_STEP}, bounds
+    graceful = runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"]
+    stop = sum(bounds) + IN_FLIGHT
+    assert graceful >= stop, (
+        f"gunicorn's graceful_timeout ({graceful} s) would kill a worker still stopping: "
+        f"{len(bounds)} steps of up to {STOP_STEP:g} s + {IN_FLIGHT:g} s for requests in flight")
     spec = pod_spec(overlay(name))
     pre_stop = chat_container(overlay(name))["lifecycle"]["preStop"]
     sleep = pre_stop["sleep"]["seconds"]
     assert sleep >= 1, "the ingress must hear the replica is leaving before it stops"
-    graceful = runpy.run_path(str(GUNICORN_CONF))["graceful_timeout"]
     drain = sleep + graceful + ARBITER_SLACK
     assert spec["terminationGracePeriodSeconds"] >= drain, (
         f"preStop {sleep} s + gunicorn's graceful_timeout {graceful} s + {ARBITER_SLACK} s")
