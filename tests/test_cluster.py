@@ -256,6 +256,18 @@ def test_compose_hands_the_public_key_file_to_the_replicas_read_only(host_file):
         assert all(Path(source).exists() for source, _ in mounts.values())
 
 
+def test_compose_lets_a_replica_finish_its_drain():
+    """Compose SIGKILLs a container after ``stop_grace_period``: it must
+    outlast gunicorn's own bound on the worker's stop."""
+    import runpy
+
+    from ruamel.yaml import YAML
+
+    server = YAML(typ="safe").load((ROOT / "compose.yaml").read_text())["services"]["server"]
+    graceful = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))["graceful_timeout"]
+    assert float(server["stop_grace_period"].rstrip("s")) > graceful
+
+
 async def test_clients_without_a_sticky_key_are_spread_and_polling_stays_put(shared_clusters):
     """The official client as a Node app sends no ``sticky`` key: its
     WebSocket-only connections are spread anyway, and a long-polling

@@ -137,7 +137,7 @@ def _signal(pid: int, sig: int) -> None:
             os.killpg(pid, sig)
 
 
-def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 25.0) -> None:
     """Send ``sig`` to each; SIGKILL what is left after ``grace`` seconds.
 
     Returns once every one of them, with its children, is gone.
@@ -155,7 +155,7 @@ def stop_pids(pids: list[int | None], sig: int = signal.SIGTERM, grace: float = 
         time.sleep(0.02)
 
 
-def stop_pid(pid: int | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+def stop_pid(pid: int | None, sig: int = signal.SIGTERM, grace: float = 25.0) -> None:
     stop_pids([pid], sig, grace)
 
 
