@@ -29,7 +29,7 @@ and one timer per connection, pushed on lazily, lets a silent client go
 after the same time, as does one that leaves a ping unanswered past
 ``PING_TIMEOUT`` (its TCP connection is dropped, which ends the read).
 What a frame then goes through is Engine.IO's as before (``receive``, the
-size limit, the writer task and how the session ends); a chat message goes
+size limit, the queue and how the session ends); a chat message goes
 straight to the handler Engine.IO would call (python-socketio's, which
 ``chat/server.py`` guards).  A connection that starts on long-polling and
 upgrades keeps Engine.IO's own loop (``chat/guard.py``).

@@ -269,3 +269,18 @@ def single_node(tmp_path):
     finally:
         stop_pid(proc.pid)
         proc.wait()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every process a test starts is stopped by its test or fixture, even
+    when it fails: one still running once every fixture is torn down is a
+    leak.  It is named, stopped, and the session fails."""
+    from chat.tools.processes import still_running, stop_pids
+
+    left = still_running()
+    if left:
+        for pid, argv in left:
+            print(f"\nleft running after the tests: pid {pid}: {' '.join(argv)[:300]}")
+        stop_pids([pid for pid, _ in left])
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+

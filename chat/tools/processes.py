@@ -171,6 +171,12 @@ def _reap(pid: int) -> None:
         del _children[pid]
 
 
+def still_running() -> list[tuple[int, list[str]]]:
+    """The processes started here (``spawn``) that have not exited: pid and argv."""
+    return [(pid, list(proc.args)) for pid, proc in list(_children.items())
+            if proc.poll() is None]
+
+
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
