@@ -18,6 +18,7 @@ import time
 import aiohttp
 import pytest
 from raw_clients import (
+    WS_PATH,
     RawWebSocket,
     Watch,
     closed_within,
@@ -150,6 +151,33 @@ async def test_a_malformed_frame_closes_its_websocket(one):
     assert closed and raw_closed
     assert_bounded(figures, lines=10)
     assert sum("malformed packet" in line for line in watch.new_lines()) == 2
+
+
+async def test_events_before_an_accepted_connect_close_the_websocket(one):
+    """Socket.IO's clients hold their emits until connected; a client that
+    sends events first (never connecting, or after a refused CONNECT) is
+    refused with one line, not one line per event."""
+    cluster, replica = one
+    watch = Watch(cluster, replica)
+    frames = 0
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(replica.url + WS_PATH, headers={"X-Real-IP": "10.1.0.9"})
+        await ws.receive(timeout=5)  # Engine.IO open, and no CONNECT
+        try:
+            for _ in range(2000):
+                await ws.send_str('42["message",{"text":"hi"}]')
+                frames += 1
+        except (ConnectionError, aiohttp.ClientError):
+            pass
+        never = ws.closed or await closed_within(ws, 3)
+        refused = await ws_session(session, replica.url, name="",  # a blank name
+                                   headers={"X-Real-IP": "10.1.0.10"})
+        await refused.send_str('42["message",{"text":"hi"}]')
+        after_refusal = await closed_within(refused, 3)
+    figures = watch.report(f"events before a CONNECT ({frames} sent)")
+    assert never and after_refusal
+    assert_bounded(figures, lines=10)
+    assert sum("event before a CONNECT" in line for line in watch.new_lines()) == 2
 
 
 async def test_a_malformed_post_closes_its_polling_session(one):
