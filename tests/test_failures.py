@@ -287,8 +287,8 @@ async def test_malformed_frames_close_only_their_connection(shared_clusters, con
 
 
 async def test_connect_disconnect_cycles_leave_memory_and_tasks_flat(cluster_factory):
-    """Engine.IO keeps a ping timer per connection for one ping interval after
-    it closes; a short interval here lets "settled" mean settled."""
+    """Each connection has a ping timer, cancelled when it closes; a short
+    interval here lets "settled" mean settled all the same."""
     import aiohttp
 
     cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False,

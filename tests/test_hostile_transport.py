@@ -180,6 +180,29 @@ async def test_events_before_an_accepted_connect_close_the_websocket(one):
     assert sum("event before a CONNECT" in line for line in watch.new_lines()) == 2
 
 
+async def test_a_client_that_talks_but_never_answers_a_ping_is_dropped(cluster_factory):
+    """Frames keep coming, so the read loop never finds it silent: the ping
+    it leaves unanswered past PING_TIMEOUT is what lets it go."""
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False,
+                              env={**FAST, "PING_INTERVAL": "1", "PING_TIMEOUT": "1"})
+    replica = cluster.replicas[0]
+    async with aiohttp.ClientSession() as session:
+        ws = await ws_session(session, replica.url, name="deaf")
+        pings, started = 0, time.monotonic()
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            while not ws.closed and time.monotonic() - started < 20:
+                with contextlib.suppress(TimeoutError):
+                    message = await ws.receive(timeout=0.3)
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    pings += message.data == "2"
+                await ws.send_str('42["typing",{"typing":true}]')
+        dropped_after = time.monotonic() - started
+        print(f"\n[hostile] a client that never answers a ping: {pings} ping(s), dropped "
+              f"after {dropped_after:.1f} s")
+    assert pings >= 1 and dropped_after < 20
+
+
 async def test_a_malformed_post_closes_its_polling_session(one):
     cluster, replica = one
     watch = Watch(cluster, replica)
