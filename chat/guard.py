@@ -55,7 +55,8 @@ class GuardedSocket(async_socket.AsyncSocket):
     """Engine.IO's socket, with a long-polling POST that refuses what does
     not decode, and a close that ends a pending long-poll at once; a
     connection that opens as a WebSocket is read by ``chat.websocket.serve``
-    (no task per frame), and pinged from a timer instead of a task.
+    (no task per frame), and pinged from a timer instead of a task, which
+    also drops a WebSocket that leaves a ping unanswered.
     ``chat.server.ChatServer`` gives every new socket this class; the one
     state it adds is that timer."""
 
@@ -68,8 +69,12 @@ class GuardedSocket(async_socket.AsyncSocket):
         about a kilobyte of every idle connection's memory."""
         if self.last_ping:  # the previous ping was answered (or none was sent)
             self.last_ping = None
-            self._ping_timer = asyncio.get_running_loop().call_later(
-                self.server.ping_interval, self._ping)
+            self._set_timer(self.server.ping_interval, self._ping)
+
+    def _set_timer(self, delay: float, callback) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        self._ping_timer = asyncio.get_running_loop().call_later(delay, callback)
 
     def _ping(self) -> None:
         self._ping_timer = None
@@ -77,6 +82,18 @@ class GuardedSocket(async_socket.AsyncSocket):
             return
         self.last_ping = time.time()
         self.queue.put_nowait(packet.Packet(packet.PING))
+        # Engine.IO notices an unanswered ping only when it next sends
+        # something, and a WebSocket writer no longer waits with a timeout.
+        self._set_timer(self.server.ping_timeout, self._pong_due)
+
+    def _pong_due(self) -> None:
+        """No PONG within ``PING_TIMEOUT``: a WebSocket's TCP connection is
+        dropped, which ends its read loop and the session; a long-poll is
+        let go by Engine.IO's own check at its next request."""
+        self._ping_timer = None
+        direct = getattr(self, "direct", None)
+        if self.last_ping and not (self.closing or self.closed) and direct is not None:
+            direct.abort()
 
     async def _websocket_handler(self, ws):
         if self.connected or not hasattr(ws, "abort"):

@@ -26,8 +26,9 @@ for every frame it reads, and races it against a timer (``wait_for``), so
 that a client silent for ``PING_INTERVAL + PING_TIMEOUT`` seconds is let
 go.  :func:`serve` reads the frames in the connection's own task instead,
 and one timer per connection, pushed on lazily, lets a silent client go
-after the same time, as does one that leaves a ping unanswered past
-``PING_TIMEOUT`` (its TCP connection is dropped, which ends the read).
+after the same time (its TCP connection is dropped, which ends the read);
+one that leaves a ping unanswered past ``PING_TIMEOUT`` is dropped the same
+way by its ping timer (``chat/guard.py``).
 What a frame then goes through is Engine.IO's as before (``receive``, the
 size limit, the queue and how the session ends); a chat message goes
 straight to the handler Engine.IO would call (python-socketio's, which
@@ -180,8 +181,7 @@ async def serve(socket, ws) -> None:
     def check() -> None:
         nonlocal timer
         quiet = loop.time() - heard
-        unanswered = socket.last_ping and time.time() - socket.last_ping > server.ping_timeout
-        if quiet >= silence or unanswered:
+        if quiet >= silence:
             ws.abort()  # the read below ends, and the session with it
         else:
             timer = loop.call_later(silence - quiet, check)

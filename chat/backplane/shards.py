@@ -105,7 +105,7 @@ class Shards:
             # redis-py asks its default node, and another one if that fails
             info = await asyncio.wait_for(self.cluster.cluster_info(), CLUSTER_STATE_WITHIN)
         except (TimeoutError, OSError, RedisError) as exc:
-            return False, f"no Cluster node answers CLUSTER INFO ({exc or type(exc).__name__})"
+            return False, f"no Cluster node answers CLUSTER INFO ({str(exc) or type(exc).__name__})"
         state = info.get("cluster_state")
         if state != "ok":
             return False, f"the Cluster reports cluster_state:{state} (a slot without a master)"

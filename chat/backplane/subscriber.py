@@ -122,7 +122,7 @@ class Subscriber:
                     lost_at = lost_at or time.monotonic()
                     self.log.warning("backplane: %s (%s); retrying every %.2f-%.1f s",
                                      "subscription lost" if ever else "cannot subscribe yet",
-                                     exc or type(exc).__name__, RETRY_FIRST, RETRY_MAX)
+                                     str(exc) or type(exc).__name__, RETRY_FIRST, RETRY_MAX)
                 attempts += 1
                 await self._reset(pubsub, sync)
                 sync = None

@@ -375,8 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
 def default_mode(redis: str, redis_url: str) -> str:
     """pubsub on a Redis Cluster (python-socketio's manager, socketio mode,
     has no Cluster support: its replicas would refuse to start), else socketio."""
-    cluster = redis_url.split("://")[0].endswith("+cluster") if redis_url else redis == "cluster"
-    return "pubsub" if cluster else "socketio"
+    from ..redis_url import parse_redis_url
+
+    if not redis_url:
+        return "pubsub" if redis == "cluster" else "socketio"
+    try:
+        return "pubsub" if parse_redis_url(redis_url).topology == "cluster" else "socketio"
+    except ValueError:
+        return "socketio"  # the replicas refuse the URL, in one line naming it
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,8 @@ INSTALL_HINTS = {
     "nginx": "install NGINX (Debian/Ubuntu: apt-get install nginx; macOS: brew install nginx)",
     "redis-server": "install Redis (Debian/Ubuntu: apt-get install redis-server; "
                     "macOS: brew install redis), or pass --redis-url",
+    "redis-cli": "install Redis's tools (Debian/Ubuntu: apt-get install redis-tools)",
+    "redis-benchmark": "install Redis's tools (Debian/Ubuntu: apt-get install redis-tools)",
 }
 
 

@@ -33,6 +33,7 @@ from ..history import APPEND, HistoryNotReplicated, RedisHistory
 from ..redis_clients import redis_client
 from ..redis_keys import RedisKeys
 from . import redis_topology
+from .processes import find_binary
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -83,7 +84,7 @@ async def measure(url: str, pids: list[int], args) -> dict:
 def ceiling(node, pids: list[int], args) -> dict:
     """Appends and publishes per second that one Redis takes, pipelined,
     with its CPU and its own time (``INFO commandstats``) per message."""
-    cli = ["redis-cli", "-p", str(node.port)]
+    cli = [find_binary("redis-cli"), "-p", str(node.port)]
     sha = subprocess.run([*cli, "SCRIPT", "LOAD", APPEND], check=True, capture_output=True,
                          text=True).stdout.strip()
     subprocess.run([*cli, "CONFIG", "RESETSTAT"], check=True, capture_output=True)
@@ -91,8 +92,8 @@ def ceiling(node, pids: list[int], args) -> dict:
     message = json.dumps({"id": "x", "room": "r", "name": "ana", "text": "t" * args.size})
     before = cpu_seconds(pids)
     out = subprocess.run(
-        ["redis-benchmark", "-p", str(node.port), "-q", "-n", str(args.messages), "-c", "50",
-         "-P", "16", "-r", "1000000000", "EVALSHA", sha, "3", keys.room_meta("r"),
+        [find_binary("redis-benchmark"), "-p", str(node.port), "-q", "-n", str(args.messages),
+         "-c", "50", "-P", "16", "-r", "1000000000", "EVALSHA", sha, "3", keys.room_meta("r"),
          keys.room_log("r"), keys.room_ids("r"), "epoch", "1000", message, "86400000",
          "__rand_int__", keys.room_channel("r"), "host", "PUBLISH"],
         check=True, capture_output=True, text=True).stdout
