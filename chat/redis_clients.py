@@ -106,7 +106,13 @@ class BoundedPool(aioredis.BlockingConnectionPool):
             try:
                 # An open connection with nothing unread is ready as it is;
                 # anything else is (re)connected and checked by redis-py.
-                if not connection.is_connected or await connection.can_read():
+                # One the server closed (a Redis restart) raises in
+                # can_read() since redis-py 8.2, and is reconnected too.
+                try:
+                    ready = connection.is_connected and not await connection.can_read()
+                except (RedisConnectionError, OSError):
+                    ready = False
+                if not ready:
                     await self.ensure_connection(connection)
             except BaseException:
                 await self.release(connection)
