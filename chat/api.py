@@ -68,11 +68,18 @@ def answer(status: int, body: dict, **headers) -> web.Response:
 
 
 @web.middleware
-async def api_errors(request: web.Request, handler):
+def api_errors(request: web.Request, handler):
     """Under /api/, every refusal as JSON ``{error}``; Redis down as 503; any
-    other exception (a bug) 500, its traceback logged once."""
+    other exception (a bug) 500, its traceback logged once.
+
+    Not a coroutine: elsewhere it hands back the handler's own, so that a
+    WebSocket does not keep its frame for its whole life."""
     if not request.path.startswith("/api/"):
-        return await handler(request)
+        return handler(request)
+    return _answer_errors(request, handler)
+
+
+async def _answer_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import weakref
 
 from aiohttp import web
 
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[REGISTRY] = registry
     app[LOGGER] = logger
     app[ROSTER] = roster
-    app[CONNECTIONS] = set()
+    app[CONNECTIONS] = weakref.WeakSet()
     sio.attach(app)
     setup_routes(app)
     setup_api(app, api)
@@ -124,17 +125,15 @@ async def _quiet_accepts(logger: logging.Logger) -> None:
 
 
 @web.middleware
-async def track_connections(request: web.Request, handler):
-    """Remember the TCP connection of every Socket.IO request while it runs."""
-    if not request.path.startswith("/socket.io"):
-        return await handler(request)
-    connections = request.app[CONNECTIONS]
-    transport = request.transport
-    connections.add(transport)
-    try:
-        return await handler(request)
-    finally:
-        connections.discard(transport)
+def track_connections(request: web.Request, handler):
+    """Remember the TCP connection of every Socket.IO request, for drain().
+
+    Not a coroutine, so that it is no frame kept alive under each WebSocket
+    for its whole life: the set holds the transports weakly, and a closed
+    connection's transport leaves it when it is freed."""
+    if request.path.startswith("/socket.io"):
+        request.app[CONNECTIONS].add(request.transport)
+    return handler(request)
 
 
 async def drain(app: web.Application) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import weakref
 
 from aiohttp import web
 
@@ -22,4 +22,4 @@ NAMESPACE = web.AppKey("namespace", ChatNamespace)
 REGISTRY = web.AppKey("registry", Registry)
 LOGGER = web.AppKey("logger", logging.Logger)
 ROSTER = web.AppKey("roster", object)  # admin.Roster, or None without ADMIN_PASSWORD
-CONNECTIONS = web.AppKey("connections", set[asyncio.Transport])  # live Socket.IO requests
+CONNECTIONS = web.AppKey("connections", weakref.WeakSet)  # transports of Socket.IO requests

@@ -27,8 +27,6 @@ import time
 
 from engineio import async_socket, exceptions, packet, payload
 
-from .websocket import serve
-
 # What decoding a polling body can raise: bad UTF-8 and "too many packets"
 # are ValueErrors, a JSONP body without its "d" field a KeyError.
 UNDECODABLE = (ValueError, KeyError, IndexError, TypeError)
@@ -53,10 +51,10 @@ async def shut(socket) -> None:
 
 class GuardedSocket(async_socket.AsyncSocket):
     """Engine.IO's socket, with a long-polling POST that refuses what does
-    not decode, and a close that ends a pending long-poll at once; a
-    connection that opens as a WebSocket is read by ``chat.websocket.serve``
-    (no task per frame), and pinged from a timer instead of a task, which
-    also drops a WebSocket that leaves a ping unanswered.
+    not decode, and a close that ends a pending long-poll at once, pinged
+    from a timer instead of a task, which also drops a WebSocket that leaves
+    a ping unanswered.  (A connection that opens as a WebSocket is read by
+    ``chat.websocket.serve``, without a task per frame.)
     ``chat.server.ChatServer`` gives every new socket this class; the one
     state it adds is that timer."""
 
@@ -94,13 +92,6 @@ class GuardedSocket(async_socket.AsyncSocket):
         direct = getattr(self, "direct", None)
         if self.last_ping and not (self.closing or self.closed) and direct is not None:
             direct.abort()
-
-    async def _websocket_handler(self, ws):
-        if self.connected or not hasattr(ws, "abort"):
-            # An upgrade from long-polling (its probe and UPGRADE packets),
-            # or a WebSocket class of another kind: Engine.IO's own loop.
-            return await super()._websocket_handler(ws)
-        await serve(self, ws)
 
     async def close(self, wait=True, abort=False, reason=None):
         already = self.closed or self.closing

@@ -41,7 +41,7 @@ from socketio import packet as sio_packet
 from .guard import GuardedSocket, shut
 from .logs import ClientLog, client_address
 from .sendqueue import SendQueue
-from .websocket import UncompressedWebSocket, write_now
+from .websocket import UncompressedWebSocket, create_route, write_now
 
 JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 BINARY = (bytes, bytearray)
@@ -79,7 +79,8 @@ class ChatServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         # The driver table is shared by every Engine.IO server in the
         # process; this server gets its own copy.
-        self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
+        self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket,
+                           "create_route": create_route}
         self.max_queued_bytes = max_queued_bytes
         self.eio.create_queue = lambda: SendQueue(self.max_queued_bytes, self._overflowed)
         self.eio.refuse_client = self.refuse

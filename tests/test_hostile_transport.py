@@ -203,6 +203,23 @@ async def test_a_client_that_talks_but_never_answers_a_ping_is_dropped(cluster_f
     assert pings >= 1 and dropped_after < 20
 
 
+async def test_a_silent_websocket_client_is_dropped(cluster_factory):
+    """A client that connects, then neither sends nor answers a ping (its
+    TCP connection open, as when the far end vanishes without a FIN): its
+    first unanswered ping drops it, and its seat in the room is freed."""
+    cluster = cluster_factory(replicas=1, mode="pubsub", proxy=False,
+                              env={**FAST, "PING_INTERVAL": "1", "PING_TIMEOUT": "1"})
+    replica = cluster.replicas[0]
+    async with aiohttp.ClientSession() as session:
+        ws = await ws_session(session, replica.url, name="gone")
+        started = time.monotonic()
+        closed = await closed_within(ws, 15)
+        dropped_after = time.monotonic() - started
+        print(f"\n[hostile] a silent WebSocket client: dropped after {dropped_after:.1f} s")
+        assert closed, "a client that never answered a ping was still connected after 15 s"
+        assert await until(lambda: health(replica.url)["clients"] == 0, 10)
+
+
 async def test_a_malformed_post_closes_its_polling_session(one):
     cluster, replica = one
     watch = Watch(cluster, replica)
