@@ -27,6 +27,7 @@ or plain-text page.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 
@@ -67,16 +68,19 @@ def answer(status: int, body: dict, **headers) -> web.Response:
     return web.json_response(body, status=status, dumps=jsonio.dumps, headers=headers)
 
 
-@web.middleware
-def api_errors(request: web.Request, handler):
-    """Under /api/, every refusal as JSON ``{error}``; Redis down as 503; any
-    other exception (a bug) 500, its traceback logged once.
+def api_errors(handler):
+    """An API handler whose every refusal is JSON ``{error}``: Redis down as
+    503, any other exception (a bug) 500, its traceback logged once.
 
-    Not a coroutine: elsewhere it hands back the handler's own, so that a
-    WebSocket does not keep its frame for its whole life."""
-    if not request.path.startswith("/api/"):
-        return handler(request)
-    return _answer_errors(request, handler)
+    A wrapper of each API route rather than a middleware: an application
+    with a middleware runs every request through it, and a WebSocket keeps
+    that frame for its whole life."""
+
+    @functools.wraps(handler)
+    async def answered(request: web.Request) -> web.StreamResponse:
+        return await _answer_errors(request, handler)
+
+    return answered
 
 
 async def _answer_errors(request: web.Request, handler):
@@ -86,7 +90,7 @@ async def _answer_errors(request: web.Request, handler):
         return answer(exc.status, exc.body, **exc.body.pop("headers", {}))
     except (RedisError, OSError, HistoryUnavailable):
         return answer(503, {"error": NO_STORAGE})
-    except web.HTTPException as exc:  # no route (404), wrong method (405)
+    except web.HTTPException as exc:  # raised by aiohttp for a request it refuses
         return answer(exc.status, {"error": exc.reason.lower()})
     except Exception:
         # A bug of ours: its traceback belongs in the log (one record), and
@@ -235,8 +239,9 @@ def _query_int(request: web.Request, name: str, default: int, low: int, high: in
 
 
 def setup_api(app: web.Application, api: Api) -> None:
-    app.router.add_post("/api/rooms/{room}/messages", api.post_message)
-    app.router.add_get("/api/rooms/{room}/messages", api.get_messages)
-    app.router.add_get("/api/rooms/{room}/presence", api.get_presence)
-    app.router.add_get("/api/rooms", api.get_rooms)
-    app.router.add_route("*", "/api/{tail:.*}", api.not_found)
+    app.router.add_post("/api/rooms/{room}/messages", api_errors(api.post_message))
+    app.router.add_get("/api/rooms/{room}/messages", api_errors(api.get_messages))
+    app.router.add_get("/api/rooms/{room}/presence", api_errors(api.get_presence))
+    app.router.add_get("/api/rooms", api_errors(api.get_rooms))
+    # Any other path or method under /api/: a JSON 404, not aiohttp's page.
+    app.router.add_route("*", "/api/{tail:.*}", api_errors(api.not_found))

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import weakref
 
 from aiohttp import web
 
 from . import jsonio
 from .admin import setup_admin
-from .api import Api, api_errors, setup_api
+from .api import Api, setup_api
 from .api_answers import MemoryAnswers, RedisAnswers
 from .appkeys import (
     CONNECTIONS,
@@ -99,7 +98,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
                else MemoryAnswers())
     api = Api(settings, namespace, answers, logger.getChild("api"))
 
-    app = web.Application(middlewares=[track_connections, api_errors])
+    # No middleware: see chat.api.api_errors and chat.websocket.create_route.
+    app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MANAGER] = manager
@@ -108,7 +108,6 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[REGISTRY] = registry
     app[LOGGER] = logger
     app[ROSTER] = roster
-    app[CONNECTIONS] = weakref.WeakSet()
     sio.attach(app)
     setup_routes(app)
     setup_api(app, api)
@@ -122,18 +121,6 @@ async def _quiet_accepts(logger: logging.Logger) -> None:
     """One line per interval, not a traceback per retry, when the loop that
     runs the app (asyncio's or uvloop's) cannot accept for want of descriptors."""
     quiet_accept_errors(asyncio.get_running_loop(), logger)
-
-
-@web.middleware
-def track_connections(request: web.Request, handler):
-    """Remember the TCP connection of every Socket.IO request, for drain().
-
-    Not a coroutine, so that it is no frame kept alive under each WebSocket
-    for its whole life: the set holds the transports weakly, and a closed
-    connection's transport leaves it when it is freed."""
-    if request.path.startswith("/socket.io"):
-        request.app[CONNECTIONS].add(request.transport)
-    return handler(request)
 
 
 async def drain(app: web.Application) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 
 from aiohttp import web
 
@@ -13,6 +12,7 @@ from .metrics import Metrics
 from .replicas import Registry
 from .server import ChatServer
 from .settings import Settings
+from .websocket import CONNECTIONS  # noqa: F401  (set up by its create_route)
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -22,4 +22,3 @@ NAMESPACE = web.AppKey("namespace", ChatNamespace)
 REGISTRY = web.AppKey("registry", Registry)
 LOGGER = web.AppKey("logger", logging.Logger)
 ROSTER = web.AppKey("roster", object)  # admin.Roster, or None without ADMIN_PASSWORD
-CONNECTIONS = web.AppKey("connections", weakref.WeakSet)  # transports of Socket.IO requests

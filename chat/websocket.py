@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import weakref
 
 from aiohttp import web
 from engineio import exceptions as eio_exceptions
@@ -53,6 +54,9 @@ from .sendqueue import SendQueue
 # A connection whose TCP buffer holds more than this gets its broadcasts
 # through Engine.IO's queue again, which waits for the buffer to drain.
 DIRECT_BUFFER_LIMIT = 64 * 1024
+# The TCP connections of the Socket.IO requests (held weakly: a closed one
+# leaves when freed), which the app's drain closes on SIGTERM.
+CONNECTIONS = web.AppKey("socketio_connections", weakref.WeakSet)
 # What write() reads of an Engine.IO socket (engineio's AsyncSocket; not an
 # API).  A version without these gets every packet through the queue.
 ENGINEIO_STATE = ("upgraded", "upgrading", "queue", "last_ping", "closed")
@@ -236,17 +240,26 @@ def create_route(app: web.Application, server, path: str) -> None:
     lives as long as the connection.  Here ``__call__`` hands a new session
     back up instead (``UncompressedWebSocket``), and this handler serves it
     once those frames are gone: about 1.5 KB less for every idle client.
+    The handlers also note each request's TCP connection (``CONNECTIONS``)
+    for the app's drain, which a middleware did, with a frame of its own.
     """
 
+    connections = app[CONNECTIONS] = weakref.WeakSet()
+
     async def get(request: web.Request) -> web.StreamResponse:
+        connections.add(request.transport)
         answer = await server.handle_request(request)
         if not isinstance(answer, UncompressedWebSocket):
             return answer  # a long-poll, an upgrade, or a refusal
         await serve(answer.socket, answer)
         return answer._sock
 
+    async def post(request: web.Request) -> web.StreamResponse:
+        connections.add(request.transport)
+        return await server.handle_request(request)
+
     app.router.add_get(path, get)
-    app.router.add_post(path, server.handle_request)
+    app.router.add_post(path, post)
     app.router.add_route("OPTIONS", path, server.handle_request)
 
 
