@@ -22,7 +22,6 @@ after the one that closed the connection are not handled.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from engineio import async_socket, exceptions, packet, payload
@@ -58,46 +57,38 @@ class GuardedSocket(async_socket.AsyncSocket):
     ``chat.server.ChatServer`` gives every new socket this class; the one
     state it adds is that timer."""
 
-    _ping_timer: asyncio.TimerHandle | None = None
+    deadline_tick: int | None = None  # its ping or pong deadline (chat/deadlines.py)
 
     def schedule_ping(self):
         """The next PING in ``PING_INTERVAL`` seconds, as Engine.IO's does,
-        from a timer: Engine.IO starts a task that sleeps the interval, and
-        that task (with its coroutines, its Future and its context) was
-        about a kilobyte of every idle connection's memory."""
+        on the server's shared deadline timer: Engine.IO starts a task that
+        sleeps the interval (with its coroutines, its Future and its context,
+        about a kilobyte of every idle connection), and even a loop timer of
+        its own would be half that."""
         if self.last_ping:  # the previous ping was answered (or none was sent)
             self.last_ping = None
-            self._set_timer(self.server.ping_interval, self._ping)
-
-    def _set_timer(self, delay: float, callback) -> None:
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-        self._ping_timer = asyncio.get_running_loop().call_later(delay, callback)
+            self.server.deadlines.set(self, self.server.ping_interval, self._ping)
 
     def _ping(self) -> None:
-        self._ping_timer = None
         if self.closing or self.closed:
             return
         self.last_ping = time.time()
         self.queue.put_nowait(packet.Packet(packet.PING))
         # Engine.IO notices an unanswered ping only when it next sends
         # something, and a WebSocket writer no longer waits with a timeout.
-        self._set_timer(self.server.ping_timeout, self._pong_due)
+        self.server.deadlines.set(self, self.server.ping_timeout, self._pong_due)
 
     def _pong_due(self) -> None:
         """No PONG within ``PING_TIMEOUT``: a WebSocket's TCP connection is
         dropped, which ends its read loop and the session; a long-poll is
         let go by Engine.IO's own check at its next request."""
-        self._ping_timer = None
         direct = getattr(self, "direct", None)
         if self.last_ping and not (self.closing or self.closed) and direct is not None:
             direct.abort()
 
     async def close(self, wait=True, abort=False, reason=None):
         already = self.closed or self.closing
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
+        self.server.deadlines.cancel(self)
         await super().close(wait=wait, abort=abort, reason=reason)
         if abort and not already:
             # Engine.IO's abort (a client's CLOSE packet) leaves the client's

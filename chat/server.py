@@ -38,6 +38,7 @@ from engineio import async_socket
 from redis.exceptions import RedisError
 from socketio import packet as sio_packet
 
+from .deadlines import Deadlines
 from .guard import GuardedSocket, shut
 from .logs import ClientLog, client_address
 from .sendqueue import SendQueue
@@ -84,6 +85,7 @@ class ChatServer(socketio.AsyncServer):
         self.max_queued_bytes = max_queued_bytes
         self.eio.create_queue = lambda: SendQueue(self.max_queued_bytes, self._overflowed)
         self.eio.refuse_client = self.refuse
+        self.eio.deadlines = Deadlines()  # every connection's ping (GuardedSocket)
         self.client_log = ClientLog(self.logger)
         self._closing: set[asyncio.Task] = set()
         self.recovery = None  # chat.recovery.Recovery, set by the app

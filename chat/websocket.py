@@ -25,7 +25,7 @@ Reading has the same kind of cost: Engine.IO's WebSocket loop starts a task
 for every frame it reads, and races it against a timer (``wait_for``), so
 that a client silent for ``PING_INTERVAL + PING_TIMEOUT`` seconds is let
 go.  :func:`serve` reads the frames in the connection's own task instead,
-straight from aiohttp's ``receive()``, and the connection's ping timer
+straight from aiohttp's ``receive()``, and the connection's ping deadline
 (``chat/guard.py``) lets a client go once it leaves a ping unanswered past
 ``PING_TIMEOUT``, silent or not: its TCP connection is dropped, which ends
 the read.  Every coroutine an idle connection waits in is a suspended frame
@@ -40,6 +40,7 @@ upgrades keeps Engine.IO's own loop (``chat/guard.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 import weakref
@@ -181,11 +182,16 @@ def write_now(socket, encoded: str) -> bool:
     return direct is not None and direct.write(text_frame("4" + encoded), socket, time.time())
 
 
-async def serve(socket, ws) -> None:
-    """Engine.IO's WebSocket session for ``socket`` (an ``AsyncSocket``
-    that opened as a WebSocket), read without a task and a timer per frame
-    (see the module's docstring)."""
-    server = socket.server
+async def serve(server, request: web.Request) -> web.StreamResponse:
+    """Engine.IO's GET for ``request`` (``server`` is Engine.IO's): its
+    answer, or, when it opens a WebSocket session, that session, read here
+    without a task and a timer per frame until it ends (see the module's
+    docstring and :func:`create_route`)."""
+    request.app[CONNECTIONS].add(request.transport)
+    ws = await server.handle_request(request)
+    if not isinstance(ws, UncompressedWebSocket):
+        return ws  # a long-poll, an upgrade, or a refusal
+    socket = ws.socket
     socket.connected = socket.upgraded = True
     writer = Writer(socket, ws)
     handler = server.handlers.get("message")
@@ -227,6 +233,7 @@ async def serve(socket, ws) -> None:
         socket.direct = None
         if socket.closed:  # what Engine.IO does once its WebSocket session ends
             server.sockets.pop(socket.sid, None)
+    return ws._sock
 
 
 def create_route(app: web.Application, server, path: str) -> None:
@@ -238,27 +245,19 @@ def create_route(app: web.Application, server, path: str) -> None:
     upgrade, the WebSocket's ``__call__``), and every one of those frames,
     with what its locals hold (the parsed query, the OPEN packet), then
     lives as long as the connection.  Here ``__call__`` hands a new session
-    back up instead (``UncompressedWebSocket``), and this handler serves it
-    once those frames are gone: about 1.5 KB less for every idle client.
-    The handlers also note each request's TCP connection (``CONNECTIONS``)
-    for the app's drain, which a middleware did, with a frame of its own.
+    back up instead (``UncompressedWebSocket``), and the GET handler,
+    :func:`serve`, reads it once those frames are gone: about 1.5 KB less
+    for every idle client.  The handlers also note each request's TCP
+    connection (``CONNECTIONS``) for the app's drain, which a middleware did,
+    with a frame of its own.
     """
-
     connections = app[CONNECTIONS] = weakref.WeakSet()
-
-    async def get(request: web.Request) -> web.StreamResponse:
-        connections.add(request.transport)
-        answer = await server.handle_request(request)
-        if not isinstance(answer, UncompressedWebSocket):
-            return answer  # a long-poll, an upgrade, or a refusal
-        await serve(answer.socket, answer)
-        return answer._sock
 
     async def post(request: web.Request) -> web.StreamResponse:
         connections.add(request.transport)
         return await server.handle_request(request)
 
-    app.router.add_get(path, get)
+    app.router.add_get(path, functools.partial(serve, server))
     app.router.add_post(path, post)
     app.router.add_route("OPTIONS", path, server.handle_request)
 

@@ -287,7 +287,7 @@ async def test_malformed_frames_close_only_their_connection(shared_clusters, con
 
 
 async def test_connect_disconnect_cycles_leave_memory_and_tasks_flat(cluster_factory):
-    """Each connection has a ping timer, cancelled when it closes; a short
+    """Each connection has a ping deadline, cancelled when it closes; a short
     interval here lets "settled" mean settled all the same."""
     import aiohttp
 
