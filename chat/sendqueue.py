@@ -3,7 +3,8 @@ than ``asyncio.Queue`` and bounded in bytes (``MAX_QUEUED_BYTES``).
 
 ``chat.server.ChatServer`` gives every Engine.IO connection one; a client
 that stops reading fills its queue past the limit, and the server then
-closes that connection (``chat/guard.py``).
+closes that connection (``chat/guard.py``).  A WebSocket's queue is
+written by a :class:`Writer`, a task only while there is something to write.
 """
 
 from __future__ import annotations
@@ -134,6 +135,61 @@ class SendQueue:
             if self._done is None:
                 self._done = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._done)
+
+
+class Writer:
+    """Writes what Engine.IO queues for a WebSocket client, in a task that
+    runs only while there is something to write.
+
+    Engine.IO keeps a writer task per connection parked on its queue (with
+    a ``wait_for``, its timer and its Future): more than a kilobyte of every
+    idle connection.  Here the connection's ``SendQueue`` wakes this writer
+    when a packet waits and no direct write could take it
+    (``UncompressedWebSocket.write`` in ``chat/websocket.py``); the task
+    writes until the queue is empty and ends.  A ``None`` in the queue
+    closes the WebSocket after what came before it, and so does a failed
+    send (nothing more is written; the read loop then ends).
+    """
+
+    __slots__ = ("queue", "stopped", "task", "ws")
+
+    def __init__(self, socket, ws) -> None:
+        self.queue, self.ws = socket.queue, ws  # a SendQueue (ChatServer's create_queue)
+        self.task: asyncio.Task | None = None
+        self.stopped = False
+        self.queue.wake = self.wake
+        if not self.queue.empty():  # Engine.IO's OPEN packet, queued before
+            self.wake()
+
+    def wake(self) -> None:
+        if not self.stopped and self.task is None:
+            self.task = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        queue = self.queue
+        queue.writing = True
+        try:
+            while not queue.empty():
+                pkt = queue.get_nowait()
+                queue.task_done()
+                if pkt is None:
+                    break
+                await self.ws.send(pkt.encode())
+                pkt = None
+            else:
+                return
+        except Exception:
+            pass
+        finally:
+            queue.writing = False
+            self.task = None  # a finished task is still a few hundred bytes
+        self.stopped = True
+        await self.ws.close()
+
+    async def done(self) -> None:
+        """Wait until the writer has written up to the ``None`` queued last."""
+        if self.task is not None:
+            await self.task
 
 
 def _length(item) -> int:

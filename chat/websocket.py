@@ -17,7 +17,7 @@ connection whose writer is idle can take it at once:
 Whatever cannot be written at once without overtaking something (the
 writer is busy or has packets waiting, the upgrade is not done, the TCP
 buffer backs up, the client missed its ping) takes Engine.IO's queue, with
-its order and backpressure.  The queue's writer (:class:`Writer`) is a task
+its order and backpressure.  The queue's writer (``chat.sendqueue.Writer``) is a task
 that runs only while the queue holds something, not one parked per
 connection: an idle client costs no task.
 
@@ -50,7 +50,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
-from .sendqueue import SendQueue
+from .sendqueue import SendQueue, Writer
 
 # A connection whose TCP buffer holds more than this gets its broadcasts
 # through Engine.IO's queue again, which waits for the buffer to drain.
@@ -260,57 +260,3 @@ def create_route(app: web.Application, server, path: str) -> None:
     app.router.add_get(path, functools.partial(serve, server))
     app.router.add_post(path, post)
     app.router.add_route("OPTIONS", path, server.handle_request)
-
-
-class Writer:
-    """Writes what Engine.IO queues for a WebSocket client, in a task that
-    runs only while there is something to write.
-
-    Engine.IO keeps a writer task per connection parked on its queue (with
-    a ``wait_for``, its timer and its Future): more than a kilobyte of every
-    idle connection.  Here the connection's ``SendQueue`` wakes this writer
-    when a packet waits and no direct write could take it (``write`` above);
-    the task writes until the queue is empty and ends.  A ``None`` in the
-    queue closes the WebSocket after what came before it, and so does a
-    failed send (nothing more is written; the read loop then ends).
-    """
-
-    __slots__ = ("queue", "stopped", "task", "ws")
-
-    def __init__(self, socket, ws) -> None:
-        self.queue, self.ws = socket.queue, ws  # a SendQueue (ChatServer's create_queue)
-        self.task: asyncio.Task | None = None
-        self.stopped = False
-        self.queue.wake = self.wake
-        if not self.queue.empty():  # Engine.IO's OPEN packet, queued before
-            self.wake()
-
-    def wake(self) -> None:
-        if not self.stopped and self.task is None:
-            self.task = asyncio.ensure_future(self._write())
-
-    async def _write(self) -> None:
-        queue = self.queue
-        queue.writing = True
-        try:
-            while not queue.empty():
-                pkt = queue.get_nowait()
-                queue.task_done()
-                if pkt is None:
-                    break
-                await self.ws.send(pkt.encode())
-                pkt = None
-            else:
-                return
-        except Exception:
-            pass
-        finally:
-            queue.writing = False
-            self.task = None  # a finished task is still a few hundred bytes
-        self.stopped = True
-        await self.ws.close()
-
-    async def done(self) -> None:
-        """Wait until the writer has written up to the ``None`` queued last."""
-        if self.task is not None:
-            await self.task
