@@ -86,15 +86,30 @@ class GuardedSocket(async_socket.AsyncSocket):
         if self.last_ping and not (self.closing or self.closed) and direct is not None:
             direct.abort()
 
+    async def check_ping_timeout(self):
+        """Engine.IO's service task, finding the client past its pong
+        deadline before ``_pong_due`` did: Engine.IO closes the session with
+        a CLOSE packet, which a client that answers nothing ignores; a
+        WebSocket's TCP connection is dropped as ``_pong_due`` would."""
+        alive = await super().check_ping_timeout()
+        direct = getattr(self, "direct", None)
+        if not alive and direct is not None:
+            direct.abort()
+        return alive
+
     async def close(self, wait=True, abort=False, reason=None):
         already = self.closed or self.closing
         self.server.deadlines.cancel(self)
         await super().close(wait=wait, abort=abort, reason=reason)
-        if abort and not already:
+        if already:
+            return
+        if abort or getattr(self, "direct", None) is not None:
             # Engine.IO's abort (a client's CLOSE packet) leaves the client's
             # long-poll GET waiting for the next ping, up to PING_INTERVAL:
             # the python-socketio client's disconnect() waited that long.
-            # An empty answer now lets it go.
+            # An empty answer now lets it go.  A WebSocket is closed after
+            # what is queued (the CLOSE packet): Engine.IO left that to the
+            # client, and the read loop's timeout, which serve() has not.
             self.queue.put_nowait(None)
 
     async def handle_post_request(self, environ):

@@ -45,16 +45,33 @@ def free_port() -> int:
     to an ephemeral port that nothing listens on (a stopped Redis) can, rarely,
     be given that same port as its source and connect to itself: a "server"
     that echoes every command.  Ports from 20000-32767 cannot collide so.
+
+    A port is free when asked, and taken only when its server starts: a
+    port handed out once is not handed out again by this process (a
+    cluster picks NGINX's port before its replicas and Redis start).
     """
     for _ in range(200):
         port = random.randint(20000, 32767)
+        if claim(port):
+            return port
+    raise ClusterError("no free port found in 20000-32767")
+
+
+ISSUED: set[int] = set()  # ports this process has handed out
+
+
+def claim(*ports: int) -> bool:
+    """Hand out ``ports`` if none was handed out before and each binds now."""
+    if any(port in ISSUED for port in ports):
+        return False
+    for port in ports:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
-                continue
-            return port
-    raise ClusterError("no free port found in 20000-32767")
+                return False
+    ISSUED.update(ports)
+    return True
 
 
 # NGINX lives in sbin, which a non-root user's PATH often lacks.

@@ -26,14 +26,21 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from .processes import ClusterError, RedisProcess, alive, find_binary, stop_pids, wait_until
+from .processes import (
+    ClusterError,
+    RedisProcess,
+    alive,
+    claim,
+    find_binary,
+    stop_pids,
+    wait_until,
+)
 
 KINDS = ("single", "sentinel", "cluster")
 SERVICE = "chat"  # the master's name the sentinels know
@@ -264,20 +271,11 @@ def free_ports(count: int, cluster: bool = False) -> list[int]:
     for _ in range(2000):
         port = random.randint(low, high)
         wanted = (port, port + 10000) if cluster else (port,)
-        if port not in ports and all(_bindable(p) for p in wanted):
+        if port not in ports and claim(*wanted):
             ports.append(port)
             if len(ports) == count:
                 return ports
     raise ClusterError(f"no {count} free ports found in {low}-{high}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def command(port: int, *args: str):
