@@ -9,7 +9,8 @@ a deadline that does not need to be kept to the millisecond.
 :class:`Deadlines` files each callback under the tick (``TICK`` seconds) it
 falls due in, and one loop timer, armed only while something is filed,
 runs a tick's callbacks when it comes: a connection costs an entry in a
-dict.  A callback runs at most one tick late, never early; for the
+dict.  A callback runs at most one tick late and never early (but for
+the millisecond by which the loop's clock may wake a timer); for the
 defaults (25 s and 20 s) that is 0.4 % of the interval, and clients allow
 the whole ``PING_TIMEOUT`` of slack besides.
 

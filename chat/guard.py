@@ -65,6 +65,8 @@ class GuardedSocket(async_socket.AsyncSocket):
         sleeps the interval (with its coroutines, its Future and its context,
         about a kilobyte of every idle connection), and even a loop timer of
         its own would be half that."""
+        if self.closed or self.closing:  # a PONG read after the close
+            return
         if self.last_ping:  # the previous ping was answered (or none was sent)
             self.last_ping = None
             self.server.deadlines.set(self, self.server.ping_interval, self._ping)

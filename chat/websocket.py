@@ -43,7 +43,6 @@ import asyncio
 import functools
 import inspect
 import time
-import weakref
 
 from aiohttp import web
 from engineio import exceptions as eio_exceptions
@@ -55,9 +54,9 @@ from .sendqueue import SendQueue, Writer
 # A connection whose TCP buffer holds more than this gets its broadcasts
 # through Engine.IO's queue again, which waits for the buffer to drain.
 DIRECT_BUFFER_LIMIT = 64 * 1024
-# The TCP connections of the Socket.IO requests (held weakly: a closed one
-# leaves when freed), which the app's drain closes on SIGTERM.
-CONNECTIONS = web.AppKey("socketio_connections", weakref.WeakSet)
+# The TCP connections of the Socket.IO requests in progress (a WebSocket's
+# for as long as its session), which the app's drain closes on SIGTERM.
+CONNECTIONS = web.AppKey("socketio_connections", set[asyncio.Transport])
 # What write() reads of an Engine.IO socket (engineio's AsyncSocket; not an
 # API).  A version without these gets every packet through the queue.
 ENGINEIO_STATE = ("upgraded", "upgrading", "queue", "last_ping", "closed")
@@ -187,8 +186,14 @@ async def serve(server, request: web.Request) -> web.StreamResponse:
     answer, or, when it opens a WebSocket session, that session, read here
     without a task and a timer per frame until it ends (see the module's
     docstring and :func:`create_route`)."""
-    request.app[CONNECTIONS].add(request.transport)
-    ws = await server.handle_request(request)
+    connections, transport = request.app[CONNECTIONS], request.transport
+    connections.add(transport)
+    ws = None
+    try:
+        ws = await server.handle_request(request)
+    finally:
+        if not isinstance(ws, UncompressedWebSocket):
+            connections.discard(transport)
     if not isinstance(ws, UncompressedWebSocket):
         return ws  # a long-poll, an upgrade, or a refusal
     socket = ws.socket
@@ -231,6 +236,7 @@ async def serve(server, request: web.Request) -> web.StreamResponse:
         await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
     finally:
         socket.direct = None
+        connections.discard(transport)
         if socket.closed:  # what Engine.IO does once its WebSocket session ends
             server.sockets.pop(socket.sid, None)
     return ws._sock
@@ -251,11 +257,15 @@ def create_route(app: web.Application, server, path: str) -> None:
     connection (``CONNECTIONS``) for the app's drain, which a middleware did,
     with a frame of its own.
     """
-    connections = app[CONNECTIONS] = weakref.WeakSet()
+    connections = app[CONNECTIONS] = set()
 
     async def post(request: web.Request) -> web.StreamResponse:
-        connections.add(request.transport)
-        return await server.handle_request(request)
+        transport = request.transport
+        connections.add(transport)
+        try:
+            return await server.handle_request(request)
+        finally:
+            connections.discard(transport)
 
     app.router.add_get(path, functools.partial(serve, server))
     app.router.add_post(path, post)
