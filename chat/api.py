@@ -78,25 +78,22 @@ def api_errors(handler):
 
     @functools.wraps(handler)
     async def answered(request: web.Request) -> web.StreamResponse:
-        return await _answer_errors(request, handler)
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return answer(exc.status, exc.body, **exc.body.pop("headers", {}))
+        except (RedisError, OSError, HistoryUnavailable):
+            return answer(503, {"error": NO_STORAGE})
+        except web.HTTPException as exc:  # raised by aiohttp for a request it refuses
+            return answer(exc.status, {"error": exc.reason.lower()})
+        except Exception:
+            # A bug of ours: its traceback belongs in the log (one record), and
+            # nothing of it in the answer, which stays JSON like every other.
+            log.exception("api: %s %s failed: internal error", request.method,
+                          request.path[:100])
+            return answer(500, {"error": INTERNAL})
 
     return answered
-
-
-async def _answer_errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return answer(exc.status, exc.body, **exc.body.pop("headers", {}))
-    except (RedisError, OSError, HistoryUnavailable):
-        return answer(503, {"error": NO_STORAGE})
-    except web.HTTPException as exc:  # raised by aiohttp for a request it refuses
-        return answer(exc.status, {"error": exc.reason.lower()})
-    except Exception:
-        # A bug of ours: its traceback belongs in the log (one record), and
-        # nothing of it in the answer, which stays JSON like every other.
-        log.exception("api: %s %s failed: internal error", request.method, request.path[:100])
-        return answer(500, {"error": INTERNAL})
 
 
 class Api:
