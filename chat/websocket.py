@@ -231,9 +231,14 @@ async def serve(server, request: web.Request) -> web.StreamResponse:
             server.logger.exception("Unknown receive error")
         data = pkt = None  # nothing of the last frame kept while idle
     try:
-        await socket.queue.put(None)  # the writer ends after what is queued
-        await writer.done()
-        await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        try:
+            await socket.queue.put(None)  # the writer ends after what is queued
+            await writer.done()
+        finally:
+            # Even when the handler is cancelled (aiohttp's handler
+            # cancellation, as its test server has it, or a shutdown): else
+            # the session would end only at its next pong deadline.
+            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
     finally:
         socket.direct = None
         connections.discard(transport)

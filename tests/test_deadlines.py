@@ -90,3 +90,40 @@ async def test_a_failing_callback_stops_no_other():
         loop.set_exception_handler(None)
     assert [name for name, _ in ran] == ["fine"]
     assert [str(error) for error in errors] == ["boom"]
+
+
+async def test_connections_that_come_and_go_leave_no_deadline_socket_or_drain_entry():
+    """300 WebSockets opened and closed, some before their Socket.IO connect
+    and some before its answer: nothing of them stays filed (their ping
+    deadline, Engine.IO's socket, the drain's connection set).  aiohttp's
+    test server cancels a handler whose client went away: the session must
+    end all the same (it lingered until its pong deadline)."""
+    import json
+
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from chat.app import create_app
+    from chat.appkeys import SIO
+    from chat.settings import Settings
+    from chat.websocket import CONNECTIONS
+
+    app = create_app(Settings(server_id="t", ping_interval=5, ping_timeout=5,
+                              rooms_per_minute=100000))
+    async with TestServer(app) as server:
+        url = str(server.make_url("/socket.io/?EIO=4&transport=websocket"))
+        async with aiohttp.ClientSession() as session:
+            for i in range(300):
+                ws = await session.ws_connect(url)
+                if i % 3:
+                    await ws.receive(timeout=5)  # Engine.IO's OPEN
+                    await ws.send_str("40" + json.dumps({"name": f"c{i}"}))
+                    if i % 2:
+                        await ws.receive(timeout=5)
+                await ws.close()
+        eio = app[SIO].eio
+        for _ in range(50):  # the server's side of the last closes
+            if not (len(eio.deadlines) or eio.sockets or app[CONNECTIONS]):
+                break
+            await asyncio.sleep(0.02)
+        assert (len(eio.deadlines), len(eio.sockets), len(app[CONNECTIONS])) == (0, 0, 0)
